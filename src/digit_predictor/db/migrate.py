@@ -1,0 +1,76 @@
+"""Versioned SQL migrations: `NNNN_name.sql` files applied in order, each once.
+
+An advisory lock serialises concurrent runners (the api and a one-shot job starting together):
+the second waits, then finds nothing left to do.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# Any constant works; it only has to be the same for every process of this app.
+ADVISORY_LOCK_KEY = 4_242_001
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    sql: str
+
+
+def available_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        version, _, name = path.stem.partition("_")
+        if not version.isdigit():
+            raise ValueError(f"migration file {path.name} must start with a number")
+        migrations.append(Migration(version, name, path.read_text()))
+    return migrations
+
+
+def migrate(dsn: str, directory: Path = MIGRATIONS_DIR, *, connect_timeout_s: int = 10) -> list[str]:
+    """Apply pending migrations; return the versions applied by this call."""
+    applied_now: list[str] = []
+    conn = psycopg2.connect(dsn, connect_timeout=connect_timeout_s)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        try:
+            conn.autocommit = False
+            with conn, conn.cursor() as cur:
+                cur.execute(
+                    """CREATE TABLE IF NOT EXISTS schema_migrations (
+                           version    text PRIMARY KEY,
+                           name       text NOT NULL,
+                           applied_at timestamptz NOT NULL DEFAULT now())"""
+                )
+                cur.execute("SELECT version FROM schema_migrations")
+                done = {row[0] for row in cur.fetchall()}
+            for migration in available_migrations(directory):
+                if migration.version in done:
+                    continue
+                # One transaction per migration: a failing one leaves no half-applied schema.
+                with conn, conn.cursor() as cur:
+                    cur.execute(migration.sql)
+                    cur.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        (migration.version, migration.name),
+                    )
+                log.info("applied migration %s_%s", migration.version, migration.name)
+                applied_now.append(migration.version)
+        finally:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+    finally:
+        conn.close()
+    return applied_now
