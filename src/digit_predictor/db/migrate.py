@@ -36,7 +36,9 @@ def available_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return migrations
 
 
-def migrate(dsn: str, directory: Path = MIGRATIONS_DIR, *, connect_timeout_s: int = 10) -> list[str]:
+def migrate(
+    dsn: str, directory: Path = MIGRATIONS_DIR, *, connect_timeout_s: int = 10
+) -> list[str]:
     """Apply pending migrations; return the versions applied by this call."""
     applied_now: list[str] = []
     conn = psycopg2.connect(dsn, connect_timeout=connect_timeout_s)

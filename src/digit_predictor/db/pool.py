@@ -87,17 +87,17 @@ class Database:
             try:
                 yield conn
                 conn.commit()
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                broken = True
-                raise DatabaseUnavailable(str(exc).strip()) from exc
-            except BaseException:
-                if conn.closed:
-                    broken = True
-                else:
+            except BaseException as exc:
+                # A statement error (timeout, constraint) leaves a usable connection; a lost
+                # server leaves a closed one, which must not go back into the pool.
+                broken = bool(conn.closed)
+                if not broken:
                     try:
                         conn.rollback()
                     except psycopg2.Error:
                         broken = True
+                if broken and isinstance(exc, psycopg2.Error):
+                    raise DatabaseUnavailable(str(exc).strip()) from exc
                 raise
             finally:
                 pool.putconn(conn, close=broken or bool(conn.closed))

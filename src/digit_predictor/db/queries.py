@@ -13,7 +13,7 @@ import psycopg2.extras
 
 from digit_predictor.db.pool import Database
 
-psycopg2.extras.register_uuid()
+psycopg2.extras.register_uuid()  # type: ignore[no-untyped-call]
 
 # Columns of a prediction without the image bytes, which only some callers need.
 _COLUMNS = (
