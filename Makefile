@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make dev` and `make test`. Both set themselves up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: dev test lint typecheck unit clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Reinstall only when a requirements file or pyproject.toml changes.
+$(VENV)/.installed-%: requirements/*.txt pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements/$*.txt -e .
+	touch $@
+
+dev: $(VENV)/.installed-api $(VENV)/.installed-web
+	scripts/dev.sh
+
+test: $(VENV)/.installed-dev lint typecheck
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy
+
+# Fast feedback while working: everything but the browser and reliability suites.
+unit: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m "not browser and not reliability"
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
