@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 .PHONY: dev test lint typecheck unit clean
 
 $(BIN)/python:
+	scripts/system_deps.sh dev
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
@@ -18,6 +19,7 @@ dev: $(VENV)/.installed-api $(VENV)/.installed-web
 	scripts/dev.sh
 
 test: $(VENV)/.installed-dev lint typecheck
+	scripts/system_deps.sh test
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-dev
