@@ -1,0 +1,175 @@
+"""Draw page: canvas, Predict / Clear, the result, feedback, and today's high score."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from digit_predictor.web import actions, canvas, charts, data, images, resources
+from digit_predictor.web.actions import HighScoreState, Outcome
+from digit_predictor.web.api_client import PredictionResult
+from digit_predictor.web.ui import guarded, log
+
+DIGITS = list(range(10))
+
+
+def _state() -> Any:
+    state = st.session_state
+    state.setdefault("canvas_round", 0)
+    state.setdefault("outcome", None)
+    state.setdefault("result", None)
+    state.setdefault("answers", {})  # prediction id -> the true digit the person saved
+    state.setdefault("feedback_note", None)  # (kind, text) about the last feedback attempt
+    if "high_score" not in state:
+        state.high_score = HighScoreState()
+    return state
+
+
+def _clear() -> None:
+    state = _state()
+    state.canvas_round += 1
+    state.outcome = None
+    state.result = None
+    state.feedback_note = None
+
+
+def _save_answer(prediction_id: int, true_digit: int | None) -> None:
+    state = _state()
+    if true_digit is None:
+        state.feedback_note = ("warning", "Pick the digit you drew first.")
+        return
+    try:
+        data.save_feedback(resources.database(), prediction_id, true_digit)
+    except data.DatabaseUnavailable:
+        state.feedback_note = (
+            "error",
+            "Your answer could not be saved: the database cannot be reached. "
+            "Please try again in a moment.",
+        )
+        return
+    except data.PredictionNotFound:
+        state.feedback_note = ("error", "This prediction is no longer in the database.")
+        return
+    state.answers[prediction_id] = true_digit
+    state.feedback_note = ("success", f"Thank you! Saved: it was a {true_digit}.")
+
+
+def _save_correction(prediction_id: int) -> None:
+    _save_answer(prediction_id, st.session_state.get(f"truth-{prediction_id}"))
+
+
+def _fetch_high_score() -> data.HighScore | None:
+    return data.high_score(resources.database(), resources.settings().tz)
+
+
+def _show_high_score(state: Any) -> None:
+    tracker: HighScoreState = state.high_score
+    tracker.refresh_if_due(_fetch_high_score)
+    tz = resources.settings().high_score_tz
+    with st.container(border=True, key="high-score"):
+        if not tracker.available:
+            st.markdown("**Today's high score**")
+            st.caption("Unavailable right now: the database cannot be reached.")
+        elif tracker.value is None:
+            st.markdown("**Today's high score**")
+            st.caption(f"No predictions yet today ({tz}). Be the first!")
+        else:
+            best = tracker.value
+            st.metric("Today's high score", f"{best.confidence:.1%}")
+            st.caption(f"a {best.digit}, at {best.created_at:%H:%M} ({tz})")
+
+
+def _show_outcome(outcome: Outcome | None) -> None:
+    if outcome is None or outcome.message is None:
+        return
+    if outcome.kind == "warning":
+        st.warning(outcome.message, icon=":material/edit:")
+    else:
+        st.error(outcome.message, icon=":material/cloud_off:")
+
+
+def _show_result(result: PredictionResult) -> None:
+    top, picture = st.columns([3, 2])
+    with top:
+        st.markdown(
+            f'<div class="predicted-digit" aria-label="predicted digit" '
+            f'style="font-size:6rem;font-weight:700;line-height:1">{int(result.digit)}</div>',
+            unsafe_allow_html=True,
+        )
+        st.markdown(f"Confidence **{result.confidence:.1%}**")
+        if result.latency_ms is not None:
+            st.caption(f"model {result.model_version} · answered in {result.latency_ms:.0f} ms")
+    with picture:
+        if result.model_input_png is not None:
+            st.image(
+                images.enlarge(result.model_input_png, 112),
+                caption="What the model saw (28×28)",
+            )
+    st.altair_chart(charts.probability_chart(result.probabilities, result.digit), width="stretch")
+
+
+def _show_feedback(state: Any, result: PredictionResult) -> None:
+    if result.id is None:
+        st.info(actions.QUEUED, icon=":material/schedule:")
+        return
+    pid = result.id
+    st.markdown("**Was it right?**")
+    saved = state.answers.get(pid)
+    st.button(
+        f"Yes, it was a {result.digit}",
+        key=f"right-{pid}",
+        icon=":material/check:",
+        on_click=_save_answer,
+        args=(pid, result.digit),
+    )
+    st.segmented_control("No, it was:", DIGITS, key=f"truth-{pid}", format_func=str)
+    st.button(
+        "Save correction",
+        key=f"save-{pid}",
+        on_click=_save_correction,
+        args=(pid,),
+    )
+    note = state.feedback_note
+    if note is not None:
+        kind, text = note
+        if kind == "success":
+            st.success(f"{text} You can change your answer at any time.", icon=":material/done:")
+        elif kind == "warning":
+            st.warning(text)
+        else:
+            st.error(text)
+    elif saved is not None:
+        st.caption(f"Your answer: {saved}")
+
+
+def render() -> None:
+    state = _state()
+    st.title("Draw a digit")
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        st.caption("Draw one digit, 0 to 9, with the mouse or a finger, then press Predict.")
+        drawing = canvas.draw_canvas(key=f"canvas-{state.canvas_round}")
+        predict_col, clear_col = st.columns(2)
+        predict = predict_col.button("Predict", type="primary", key="predict", width="stretch")
+        clear_col.button("Clear", key="clear", on_click=_clear, width="stretch")
+        if predict:
+            with st.spinner("Predicting…"):
+                outcome = actions.predict_drawing(resources.api_client(), drawing)
+            state.outcome = outcome
+            state.result = outcome.result  # a failed attempt hides the previous result
+            state.feedback_note = None
+            if outcome.result is not None:
+                log.info("predicted %s", outcome.result.digit)
+                state.high_score.invalidate()
+    with right:
+        _show_high_score(state)
+        _show_outcome(state.outcome)
+        if state.result is not None:
+            _show_result(state.result)
+            _show_feedback(state, state.result)
+        elif state.outcome is None:
+            st.info("Your prediction appears here.", icon=":material/arrow_back:")
+
+
+guarded(render)
