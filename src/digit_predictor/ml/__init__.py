@@ -1,0 +1,1 @@
+"""Model work: MNIST-faithful preprocessing, the CNNs, training, evaluation and inference."""

@@ -1,0 +1,294 @@
+"""Synthetic canvas drawings: digits as a person would draw them on the app's 280x280 canvas.
+
+Two kinds, both sent through a PNG round trip like the real app:
+- MNIST digits redrawn at a random size (30-90% of the height), off-centre, with thinner or
+  thicker uniform strokes (`redraw_digit`), for the canvas benchmark;
+- pen-stroke digits built from stroke templates (`pen_digit`), including the styles MNIST rarely
+  has: 1 with a long upstroke and a base, 7 with a crossbar, open and closed 4s. They are a proxy
+  for drawings by people who are not in MNIST.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from digit_predictor.ml.preprocess import stroke_width
+
+CANVAS = 280
+MNIST_STROKE_IN_BOX = 2.6  # median MNIST stroke width, in pixels of its 20-pixel box
+
+Point = tuple[float, float]
+Stroke = list[Point]
+
+
+def to_png(ink: np.ndarray, style: str = "alpha") -> bytes:
+    """Encode an ink map (0..1) as the canvas would send it.
+
+    alpha: RGBA, white strokes, ink in alpha, transparent background (the drawable canvas);
+    white_on_black: opaque RGB; black_on_white: opaque greyscale, as a scan or photo would be.
+    """
+    level = np.clip(np.rint(ink * 255.0), 0, 255).astype(np.uint8)
+    if style == "alpha":
+        rgba = np.zeros((*ink.shape, 4), dtype=np.uint8)
+        rgba[..., :3] = 255
+        rgba[..., 3] = level
+        img = Image.fromarray(rgba, mode="RGBA")
+    elif style == "white_on_black":
+        img = Image.fromarray(np.repeat(level[..., None], 3, axis=2), mode="RGB")
+    elif style == "black_on_white":
+        img = Image.fromarray(255 - level, mode="L")
+    else:
+        raise ValueError(f"unknown style {style!r}")
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _grey_morph(ink: np.ndarray, radius: int) -> np.ndarray:
+    """Dilate (radius > 0) or erode (radius < 0) with a square, separably."""
+    if radius == 0:
+        return ink
+    sign = 1.0 if radius > 0 else -1.0
+    k = 2 * abs(radius) + 1
+    t = torch.from_numpy(np.ascontiguousarray(ink, dtype=np.float32))[None, None] * sign
+    t = F.max_pool2d(t, (1, k), stride=1, padding=(0, abs(radius)))
+    t = F.max_pool2d(t, (k, 1), stride=1, padding=(abs(radius), 0))
+    return np.asarray((t * sign)[0, 0].numpy(), dtype=np.float32)
+
+
+def _soften(binary: np.ndarray) -> np.ndarray:
+    """Anti-aliased edges, as a browser canvas draws them."""
+    t = torch.from_numpy(binary.astype(np.float32))[None, None]
+    return np.asarray(F.avg_pool2d(t, 3, stride=1, padding=1)[0, 0].numpy(), dtype=np.float32)
+
+
+def _place(shape: np.ndarray, rng: np.random.Generator, canvas: int = CANVAS) -> np.ndarray:
+    """Put a drawn digit somewhere random on an empty canvas (it may touch the edges)."""
+    height, width = shape.shape
+    height, width = min(height, canvas), min(width, canvas)
+    top = int(rng.integers(0, canvas - height + 1))
+    left = int(rng.integers(0, canvas - width + 1))
+    out = np.zeros((canvas, canvas), dtype=np.float32)
+    out[top : top + height, left : left + width] = shape[:height, :width]
+    return out
+
+
+def redraw_digit(
+    digit: np.ndarray,
+    rng: np.random.Generator,
+    height_share: tuple[float, float] = (0.3, 0.9),
+    brush: tuple[float, float] = (8.0, 36.0),
+) -> np.ndarray:
+    """An MNIST digit (uint8 28x28) redrawn as a uniform-width stroke on a 280x280 canvas."""
+    ink = digit.astype(np.float32) / 255.0
+    rows = np.flatnonzero((ink > 0.2).any(axis=1))
+    cols = np.flatnonzero((ink > 0.2).any(axis=0))
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    target_h = rng.uniform(*height_share) * CANVAS
+    factor = target_h / crop.shape[0]
+    if crop.shape[1] * factor > CANVAS * 0.95:
+        factor = CANVAS * 0.95 / crop.shape[1]
+    size = (max(1, round(crop.shape[0] * factor)), max(1, round(crop.shape[1] * factor)))
+    big = F.interpolate(
+        torch.from_numpy(np.ascontiguousarray(crop))[None, None], size=size, mode="bicubic"
+    )[0, 0].numpy()
+    shape = (big > 0.45).astype(np.float32)
+    wanted = rng.uniform(*brush)
+    radius = round((wanted - stroke_width(shape)) / 2.0)
+    # Never erode a stroke away: keep at least a 3-pixel line.
+    radius = max(radius, -int(max(stroke_width(shape) - 3.0, 0.0) // 2))
+    pad = max(radius, 0) + 1
+    shape = _grey_morph(np.pad(shape, pad), radius)
+    return _soften(_place(_trim(shape), rng))
+
+
+def _trim(ink: np.ndarray) -> np.ndarray:
+    rows = np.flatnonzero((ink > 0).any(axis=1))
+    cols = np.flatnonzero((ink > 0).any(axis=0))
+    if rows.size == 0:
+        return ink
+    return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+# --- pen-stroke digits ------------------------------------------------------------------------
+# Templates in a unit box (x right, y down, height 1, width ~0.7); each returns its strokes.
+
+
+def _arc(cx: float, cy: float, rx: float, ry: float, start: float, end: float) -> Stroke:
+    n = max(8, int(abs(end - start) / 8))
+    ts = np.radians(np.linspace(start, end, n))
+    return [(cx + rx * math.cos(t), cy + ry * math.sin(t)) for t in ts]
+
+
+def _bezier(p0: Point, p1: Point, p2: Point, n: int = 16) -> Stroke:
+    ts = np.linspace(0.0, 1.0, n)
+    return [
+        (
+            (1 - t) ** 2 * p0[0] + 2 * (1 - t) * t * p1[0] + t**2 * p2[0],
+            (1 - t) ** 2 * p0[1] + 2 * (1 - t) * t * p1[1] + t**2 * p2[1],
+        )
+        for t in ts
+    ]
+
+
+def _zero(r: np.random.Generator) -> list[Stroke]:
+    start = r.uniform(250, 290)
+    return [_arc(0.5, 0.5, 0.34, 0.5, start, start + r.uniform(350, 385))]
+
+
+def _one(r: np.random.Generator) -> list[Stroke]:
+    style = r.integers(0, 4)
+    stem = [(0.55, 0.0), (0.5 + r.uniform(-0.05, 0.02), 1.0)]
+    if style == 0:
+        return [stem]
+    flag = [(r.uniform(0.15, 0.3), r.uniform(0.2, 0.4)), *stem]  # the long upstroke
+    if style == 1:
+        return [flag]
+    base = [(0.2, 1.0), (0.85, 1.0)]
+    if style == 2:
+        return [flag, base]
+    return [[(0.4, 0.12), *stem]]  # a short flag
+
+
+def _two(r: np.random.Generator) -> list[Stroke]:
+    top = _arc(0.5, 0.3, 0.32, 0.3, r.uniform(170, 200), r.uniform(370, 400))
+    stroke = [*top, (0.12, 1.0), (0.9, 1.0)]
+    if r.random() < 0.3:  # a loop at the bottom left
+        stroke = [*top, (0.2, 0.95), *_arc(0.25, 0.9, 0.08, 0.08, 0, 300), (0.9, 1.0)]
+    return [stroke]
+
+
+def _three(r: np.random.Generator) -> list[Stroke]:
+    upper = _arc(0.48, 0.26, 0.3, 0.26, r.uniform(190, 220), 450)
+    lower = _arc(0.48, 0.74, 0.34, 0.26, 270, r.uniform(500, 530))
+    return [[*upper, *lower]]
+
+
+def _four(r: np.random.Generator) -> list[Stroke]:
+    x = r.uniform(0.6, 0.72)
+    bar = r.uniform(0.58, 0.7)
+    if r.random() < 0.5:  # closed 4: diagonal into the bar, stem from the top
+        return [[(x, 0.0), (0.08, bar), (0.92, bar)], [(x, 0.0), (x, 1.0)]]
+    return [[(0.25, 0.0), (0.12, bar), (0.92, bar)], [(x, 0.12), (x, 1.0)]]  # open 4
+
+
+def _five(r: np.random.Generator) -> list[Stroke]:
+    belly = _arc(0.48, 0.68, 0.36, 0.3, 235, r.uniform(480, 510))
+    if r.random() < 0.5:
+        return [[(0.25, 0.0), (0.2, 0.45), *belly], [(0.25, 0.0), (0.85, 0.0)]]
+    return [[(0.85, 0.0), (0.25, 0.0), (0.2, 0.45), *belly]]
+
+
+def _six(r: np.random.Generator) -> list[Stroke]:
+    lead = _bezier((r.uniform(0.6, 0.8), 0.0), (0.15, 0.25), (0.17, 0.7))
+    loop = _arc(0.5, 0.72, 0.33, 0.27, 180, 180 + r.uniform(330, 370))
+    return [[*lead, *loop]]
+
+
+def _seven(r: np.random.Generator) -> list[Stroke]:
+    foot = (r.uniform(0.25, 0.45), 1.0)
+    head = [(0.08, 0.0), (0.92, 0.0), foot]
+    if r.random() < 0.3:
+        head = [(0.08, 0.15), *head]  # a serif at the start
+    strokes = [head]
+    if r.random() < 0.5:  # crossbar, as much of Europe writes it
+        mid = 0.92 + (foot[0] - 0.92) * 0.5
+        strokes.append([(mid - 0.28, 0.52), (mid + 0.25, 0.48)])
+    return strokes
+
+
+def _eight(r: np.random.Generator) -> list[Stroke]:
+    upper = _arc(0.5, 0.25, 0.27, 0.25, 90, 90 + 360)
+    lower = _arc(0.5, 0.74, 0.34, 0.26, 270, 270 + 360)
+    if r.random() < 0.5:
+        return [upper, lower]
+    return [[*_arc(0.5, 0.25, 0.27, 0.25, 0, 270), *lower[::-1], (0.77, 0.25)]]
+
+
+def _nine(r: np.random.Generator) -> list[Stroke]:
+    loop = _arc(0.5, 0.28, 0.32, 0.27, 0, 360 + r.uniform(-10, 20))
+    if r.random() < 0.5:
+        tail = [(0.82, 0.28), (r.uniform(0.7, 0.82), 1.0)]
+    else:
+        tail = _bezier((0.82, 0.28), (0.8, 0.9), (0.45, 1.0))
+    return [loop, tail]
+
+
+TEMPLATES: dict[int, Callable[[np.random.Generator], list[Stroke]]] = {
+    0: _zero,
+    1: _one,
+    2: _two,
+    3: _three,
+    4: _four,
+    5: _five,
+    6: _six,
+    7: _seven,
+    8: _eight,
+    9: _nine,
+}
+
+
+def pen_digit(
+    digit: int,
+    rng: np.random.Generator,
+    height_share: tuple[float, float] = (0.35, 0.9),
+    brush: tuple[float, float] = (10.0, 40.0),
+) -> np.ndarray:
+    """A digit drawn with a round pen on a 280x280 canvas: jittered template, random affine."""
+    strokes = TEMPLATES[digit](rng)
+    angle = math.radians(rng.uniform(-12, 12))
+    shear = rng.uniform(-0.25, 0.15)
+    aspect = rng.uniform(0.65, 1.05)
+    width = float(rng.uniform(*brush))
+    height = rng.uniform(*height_share) * (CANVAS - width)
+    cos, sin = math.cos(angle), math.sin(angle)
+
+    def transform(p: Point, dx: float, dy: float) -> Point:
+        x = (p[0] - 0.5) * aspect + dx
+        y = p[1] - 0.5 + dy
+        x += shear * -y
+        return (height * (cos * x - sin * y), height * (sin * x + cos * y))
+
+    # Each stroke is displaced as a whole and bent by a slow wave, never point by point:
+    # a hand wobbles smoothly.
+    drawn = []
+    for stroke in strokes:
+        off = rng.normal(0.0, 0.025, size=2)
+        amp = rng.normal(0.0, 0.015, size=2)
+        phase = rng.uniform(0, 2 * math.pi, size=2)
+        n = max(len(stroke) - 1, 1)
+        drawn.append(
+            [
+                transform(
+                    p,
+                    off[0] + amp[0] * math.sin(math.pi * i / n + phase[0]),
+                    off[1] + amp[1] * math.sin(math.pi * i / n + phase[1]),
+                )
+                for i, p in enumerate(stroke)
+            ]
+        )
+    xs = [p[0] for s in drawn for p in s]
+    ys = [p[1] for s in drawn for p in s]
+    span_x, span_y = max(xs) - min(xs) + width, max(ys) - min(ys) + width
+    fit = min(1.0, (CANVAS - 2) / max(span_x, span_y))
+    span_x, span_y = span_x * fit, span_y * fit
+    off_x = rng.uniform(0, CANVAS - span_x) - min(xs) * fit + width * fit / 2
+    off_y = rng.uniform(0, CANVAS - span_y) - min(ys) * fit + width * fit / 2
+    up = 2  # draw at twice the size, then shrink: anti-aliased like a browser canvas
+    img = Image.new("L", (CANVAS * up, CANVAS * up), 0)
+    draw = ImageDraw.Draw(img)
+    pen = max(1, round(width * fit * up))
+    for stroke in drawn:
+        pts = [((x * fit + off_x) * up, (y * fit + off_y) * up) for x, y in stroke]
+        draw.line(pts, fill=255, width=pen, joint="curve")
+        for x, y in (pts[0], pts[-1]):  # round caps
+            draw.ellipse([x - pen / 2, y - pen / 2, x + pen / 2, y + pen / 2], fill=255)
+    img = img.resize((CANVAS, CANVAS), Image.Resampling.BOX)
+    return np.asarray(img, dtype=np.float32) / 255.0

@@ -1,0 +1,101 @@
+"""The model card: what was trained, how, on what, and how well it does; JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+CARD_JSON = "model_card.json"
+CARD_MD = "model_card.md"
+CURVE_PNG = "training_curve.png"
+
+
+def write_card(out_dir: Path, card: dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    (out_dir / CARD_MD).write_text(card_markdown(card), encoding="utf-8")
+
+
+def _pct(value: Any) -> str:
+    return f"{100.0 * float(value):.2f}%" if isinstance(value, int | float) else "n/a"
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    metrics: dict[str, Any] = card.get("metrics", {})
+    lines = [
+        f"# Model card: {card['version']}",
+        "",
+        f"- Architecture: `{card['architecture']}` ({card['parameter_count']:,} parameters, "
+        f"{card.get('weights_bytes', 0) / 1e6:.2f} MB weights)",
+        f"- Trained with: `{card.get('command', '')}`",
+        f"- Training time: {card.get('training_seconds', 0.0) / 60:.1f} min on "
+        f"{card.get('device', 'cpu')} ({card.get('torch_threads', '?')} threads), "
+        f"torch {card.get('torch_version', '?')}",
+        f"- Input: {card.get('input', '')}",
+        "",
+        "## Results",
+        "",
+        "| benchmark | accuracy | n |",
+        "| --- | ---: | ---: |",
+    ]
+    for row in metrics.get("benchmarks", []):
+        lines.append(f"| {row['name']} | {_pct(row['accuracy'])} | {row['n']} |")
+    per_digit = metrics.get("mnist_test_per_digit")
+    if per_digit:
+        lines += [
+            "",
+            "MNIST test accuracy per digit:",
+            "",
+            "| " + " | ".join(str(d) for d in range(10)) + " |",
+            "|" + " ---: |" * 10,
+            "| " + " | ".join(_pct(a) for a in per_digit) + " |",
+        ]
+    confusion = metrics.get("mnist_test_confusion")
+    if confusion:
+        lines += [
+            "",
+            "MNIST test confusion matrix (rows: true digit, columns: predicted):",
+            "",
+            "| true \\ pred | " + " | ".join(str(d) for d in range(10)) + " |",
+            "| --- |" + " ---: |" * 10,
+        ]
+        for digit, row in enumerate(confusion):
+            lines.append(f"| {digit} | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", "## Training data", ""]
+    for note in card.get("data_notes", []):
+        lines.append(f"- {note}")
+    lines += ["", "MNIST files (md5 verified before training):", ""]
+    for name, md5 in card.get("data_md5", {}).items():
+        lines.append(f"- `{name}`: `{md5}`")
+    lines += ["", "## Training configuration", "", "```json"]
+    lines.append(json.dumps(card.get("config", {}), indent=2))
+    lines += ["```", ""]
+    if card.get("training_curve"):
+        lines += ["## Training curve", "", f"![training curve]({card['training_curve']})", ""]
+    return "\n".join(lines)
+
+
+def plot_curve(history: list[dict[str, float]], path: Path) -> bool:
+    """Loss and accuracy per epoch as a PNG; skipped (False) when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    ax_loss.set(title="training loss", xlabel="epoch", ylabel="cross-entropy")
+    ax_acc.plot(
+        epochs, [100 * h["train_acc"] for h in history], marker="o", label="train (augmented)"
+    )
+    ax_acc.plot(epochs, [100 * h["val_acc"] for h in history], marker="o", label="validation")
+    ax_acc.set(title="accuracy", xlabel="epoch", ylabel="%")
+    ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

@@ -1,0 +1,272 @@
+"""Turn a drawing into what the model expects, the way MNIST's makers prepared their digits.
+
+Crop to the ink, fit it into a 20x20 box (aspect ratio kept, anti-aliased), and place it in a
+28x28 field so that its centre of mass is at the centre. The api, the evaluation and the tests all
+go through `preprocess_image`, so the model always sees the same kind of input.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+# Pixel statistics of the MNIST training set; the model is trained on (x - MEAN) / STD.
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+FIELD = 28
+BOX = 20
+CENTRE = 14.0  # centre of mass target, in pixel-index coordinates
+
+# Relative ink levels (of the brightest ink pixel) that decide what counts as ink.
+NOISE_FLOOR = 0.1
+BBOX_LEVEL = 0.2
+# Less contrast than this between ink and background means nothing was drawn.
+MIN_CONTRAST = 0.15
+# Ink whose longest side is under this share of the image's shorter side is a dot or a speck.
+MIN_EXTENT_SHARE = 0.1
+MIN_EXTENT_PX = 3
+# Stroke width, in 28x28 pixels, that MNIST digits have; strokes are brought into this range.
+MIN_STROKE = 1.8
+MAX_STROKE = 4.5
+TARGET_THICK_STROKE = 3.5
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class InvalidImageError(ValueError):
+    """The bytes are not an image this service accepts; the message says what to fix."""
+
+
+class EmptyDrawingError(ValueError):
+    """Nothing (or only a dot or a speck) was drawn."""
+
+
+@dataclass
+class Preprocessed:
+    tensor: torch.Tensor  # float32 (1, 28, 28), normalised with MNIST_MEAN / MNIST_STD
+    image: np.ndarray  # uint8 (28, 28), white ink on black: exactly what the model saw
+
+
+def decode_image(data: bytes, *, max_side: int = 2048) -> Image.Image:
+    """Decode PNG or JPEG bytes, refusing anything else, oversize images and truncated files."""
+    if not data:
+        raise InvalidImageError("the upload is empty; send a PNG or JPEG image")
+    if not (data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC)):
+        raise InvalidImageError("not a PNG or JPEG image; send the drawing as PNG or JPEG")
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns about mid-sized bombs; treat the warning as the error it is.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.format not in ("PNG", "JPEG"):
+                raise InvalidImageError(
+                    f"not a PNG or JPEG image (found {img.format}); send PNG or JPEG"
+                )
+            width, height = img.size  # from the header: nothing decoded yet
+            if width < 1 or height < 1:
+                raise InvalidImageError("the image has no pixels")
+            if width > max_side or height > max_side:
+                raise InvalidImageError(
+                    f"too many pixels: the image is {width}x{height}, the limit is "
+                    f"{max_side} pixels on either side; scale it down"
+                )
+            img.load()
+    except InvalidImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImageError(
+            f"too many pixels: the image declares more than the limit of {max_side}x{max_side}"
+        ) from exc
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise InvalidImageError(
+            f"the image could not be decoded (truncated or corrupt PNG/JPEG): {exc}"
+        ) from exc
+    return img
+
+
+def preprocess_bytes(data: bytes, *, max_side: int = 2048) -> Preprocessed:
+    return preprocess_image(decode_image(data, max_side=max_side))
+
+
+def preprocess_image(img: Image.Image) -> Preprocessed:
+    """Drawing -> MNIST-like 28x28 digit. Raises EmptyDrawingError when nothing was drawn."""
+    ink = ink_map(img)
+    return preprocess_ink(ink)
+
+
+def preprocess_ink(ink: np.ndarray) -> Preprocessed:
+    """Same as `preprocess_image` for an ink map: float (H, W), 0 = background, higher = ink."""
+    ink = np.asarray(ink, dtype=np.float32)
+    peak = float(ink.max()) if ink.size else 0.0
+    if peak < MIN_CONTRAST:
+        raise EmptyDrawingError("nothing was drawn: draw a digit first")
+    ink = ink / peak
+    ink[ink < NOISE_FLOOR] = 0.0
+
+    rows, cols = _bbox(ink)
+    extent = max(rows[1] - rows[0], cols[1] - cols[0])
+    min_extent = max(MIN_EXTENT_PX, MIN_EXTENT_SHARE * min(ink.shape))
+    if extent < min_extent:
+        raise EmptyDrawingError("only a dot was drawn: draw a digit first")
+
+    crop = ink[rows[0] : rows[1], cols[0] : cols[1]]
+    crop = _normalise_stroke(crop)
+    patch = _fit_box(crop)
+    field = _place_by_centre_of_mass(patch)
+    image = np.clip(np.rint(field * 255.0), 0, 255).astype(np.uint8)
+    return Preprocessed(tensor=to_model_tensor(image), image=image)
+
+
+def to_model_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 (28, 28) white-on-black -> normalised float32 (1, 28, 28)."""
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32) / 255.0)
+    return ((x - MNIST_MEAN) / MNIST_STD).unsqueeze(0)
+
+
+def ink_map(img: Image.Image) -> np.ndarray:
+    """Where the ink is, 0..1, whatever the mode, polarity or channel the drawing uses."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        lo, hi = float(values.min()), float(values.max())
+        lum = ((values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)).astype(np.float32)
+        return _ink_from_luminance(lum)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+        lum = _luminance(rgba[..., :3])
+        alpha = rgba[..., 3]
+        if float(alpha.max()) < 0.5:
+            raise EmptyDrawingError("the image is fully transparent: draw a digit first")
+        if float(alpha.max() - alpha.min()) > 0.5:
+            if float((alpha > 0.5).mean()) < 0.5:
+                # A transparent canvas with opaque strokes: the alpha channel is the ink,
+                # whatever colour the strokes are.
+                return np.asarray(alpha, dtype=np.float32)
+            # Mostly opaque with transparent parts: flatten onto the opaque colour.
+            backdrop = float(np.median(lum[alpha > 0.5]))
+            lum = alpha * lum + (1.0 - alpha) * backdrop
+        return _ink_from_luminance(lum)
+    lum = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    return _ink_from_luminance(lum)
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    return np.asarray(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32), dtype=np.float32)
+
+
+def _ink_from_luminance(lum: np.ndarray) -> np.ndarray:
+    """Detect light-on-dark vs dark-on-light from the border and subtract the background."""
+    border = np.concatenate([lum[0, :], lum[-1, :], lum[:, 0], lum[:, -1]])
+    background = float(np.median(border))
+    if background > 0.5:
+        lum = 1.0 - lum
+        background = 1.0 - background
+    ink = (lum - background) / max(1.0 - background, 1e-6)
+    return np.clip(ink, 0.0, 1.0).astype(np.float32)
+
+
+def _bbox(ink: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Half-open (row, col) ranges of the pixels that are clearly ink."""
+    mask = ink >= BBOX_LEVEL
+    if not mask.any():
+        raise EmptyDrawingError("nothing was drawn: draw a digit first")
+    row_idx = np.flatnonzero(mask.any(axis=1))
+    col_idx = np.flatnonzero(mask.any(axis=0))
+    return (int(row_idx[0]), int(row_idx[-1]) + 1), (int(col_idx[0]), int(col_idx[-1]) + 1)
+
+
+def stroke_width(ink: np.ndarray) -> float:
+    """Typical stroke width in pixels: twice the ink area over its boundary length."""
+    solid = ink >= 0.5
+    area = int(solid.sum())
+    if area == 0:
+        return 1.0
+    padded = np.pad(solid, 1)
+    interior = solid & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    boundary = max(area - int(interior.sum()), 1)
+    return 2.0 * area / boundary
+
+
+def _normalise_stroke(crop: np.ndarray) -> np.ndarray:
+    """Thicken hairlines and thin very heavy strokes so they end up MNIST-like at 28x28.
+
+    A hairline on a big canvas would fade to a grey smear once shrunk 10x; a small digit drawn
+    with a wide brush would become a blob. Both are brought back into MNIST's range.
+    """
+    scale = BOX / max(crop.shape)
+    width = stroke_width(crop)
+    out_width = width * scale
+    if out_width < MIN_STROKE and scale < 1.0:
+        radius = math.ceil((MIN_STROKE / scale - width) / 2.0)
+        if radius >= 1:
+            padded = np.pad(crop, radius)
+            grown = _max_filter(padded, radius)
+            rows, cols = _bbox(grown)
+            return grown[rows[0] : rows[1], cols[0] : cols[1]]
+    elif out_width > MAX_STROKE:
+        # Erode, but never by so much that the thinnest parts of the stroke could vanish.
+        radius = min(
+            math.floor((width - TARGET_THICK_STROKE / scale) / 2.0), math.floor(0.3 * width)
+        )
+        if radius >= 1:
+            shrunk = -_max_filter(-crop, radius)
+            if float(shrunk.max()) >= BBOX_LEVEL:
+                rows, cols = _bbox(shrunk / float(shrunk.max()))
+                return shrunk[rows[0] : rows[1], cols[0] : cols[1]]
+    return crop
+
+
+def _max_filter(values: np.ndarray, radius: int) -> np.ndarray:
+    """Square max filter (grey dilation) of the given radius; same shape as the input."""
+    t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None, None]
+    out = F.max_pool2d(t, kernel_size=2 * radius + 1, stride=1, padding=radius)
+    return np.asarray(out[0, 0].numpy(), dtype=np.float32)
+
+
+def _fit_box(crop: np.ndarray) -> np.ndarray:
+    """Scale so the longer side is BOX pixels, aspect ratio kept, anti-aliased."""
+    height, width = crop.shape
+    scale = BOX / max(height, width)
+    new_h = max(1, min(BOX, round(height * scale)))
+    new_w = max(1, min(BOX, round(width * scale)))
+    t = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None, None]
+    resized = F.interpolate(t, size=(new_h, new_w), mode="bilinear", antialias=True)
+    patch = np.clip(resized[0, 0].numpy(), 0.0, None)
+    peak = float(patch.max())
+    if peak <= 0.0:
+        raise EmptyDrawingError("nothing was drawn: draw a digit first")
+    # Thin strokes shrink to grey; MNIST strokes are saturated in the middle.
+    return np.asarray(np.clip(patch / peak, 0.0, 1.0), dtype=np.float32)
+
+
+def _place_by_centre_of_mass(patch: np.ndarray) -> np.ndarray:
+    """Put the patch into the 28x28 field with its centre of mass at the centre (sub-pixel)."""
+    height, width = patch.shape
+    mass = float(patch.sum())
+    ys, xs = np.mgrid[0:height, 0:width]
+    com_y = float((ys * patch).sum()) / mass
+    com_x = float((xs * patch).sum()) / mass
+    # Keep the whole patch inside the field, even for lopsided digits.
+    top = min(max(CENTRE - com_y, 0.0), float(FIELD - height - 1))
+    left = min(max(CENTRE - com_x, 0.0), float(FIELD - width - 1))
+    top_i, left_i = math.floor(top), math.floor(left)
+    fy, fx = top - top_i, left - left_i
+    field = np.zeros((FIELD + 1, FIELD + 1), dtype=np.float32)
+    # Bilinear split of a sub-pixel shift: keeps the centre of mass exactly where it is put.
+    for dy, wy in ((0, 1.0 - fy), (1, fy)):
+        for dx, wx in ((0, 1.0 - fx), (1, fx)):
+            weight = wy * wx
+            if weight > 0.0:
+                y0, x0 = top_i + dy, left_i + dx
+                field[y0 : y0 + height, x0 : x0 + width] += weight * patch
+    return field[:FIELD, :FIELD]
