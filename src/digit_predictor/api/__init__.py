@@ -1,0 +1,1 @@
+"""The inference service: FastAPI app hosting the CNN, logging every prediction to PostgreSQL."""

@@ -1,0 +1,52 @@
+"""What routes need, as typed dependencies. Everything is built once, in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from digit_predictor.api.metrics import Metrics
+from digit_predictor.api.predictor import Predictor
+from digit_predictor.api.write_queue import PredictionStore
+from digit_predictor.config import Settings
+from digit_predictor.db import Database
+from digit_predictor.ml.inference import Classifier
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: Metrics
+    classifier: Classifier
+    predictor: Predictor
+    db: Database
+    store: PredictionStore
+
+
+# async: these only look things up, and a plain `def` dependency would cost a thread hop.
+async def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_settings(services: ServicesDep) -> Settings:
+    return services.settings
+
+
+async def get_db(services: ServicesDep) -> Database:
+    return services.db
+
+
+async def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_db)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

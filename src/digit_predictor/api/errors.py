@@ -1,0 +1,115 @@
+"""Every error answers JSON `{"detail": "...", "request_id": "..."}` saying what to fix."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg2
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from digit_predictor.api.logs import request_id_var
+from digit_predictor.api.schemas import ErrorResponse
+from digit_predictor.db import DatabaseUnavailable
+from digit_predictor.db.queries import PredictionNotFound
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = "5"
+
+# Hints for fields whose bare validation message would not say what to do.
+FIELD_HINTS = {
+    "image": "send the drawing as a PNG or JPEG file in the multipart/form-data field 'image'",
+    "true_digit": 'send JSON {"true_digit": N} with N an integer from 0 to 9',
+    "source": "send at most 64 printable characters, e.g. 'web'",
+}
+
+DESCRIPTIONS = {
+    400: "Malformed request (e.g. a broken multipart body)",
+    401: "Missing or wrong X-API-Key (only when the api runs with API_KEY set)",
+    404: "No prediction with this id",
+    408: "The request body did not arrive in time",
+    413: "Too many bytes",
+    415: "Wrong content type",
+    422: "Invalid input; `detail` says which field and why",
+    503: "Database unavailable (or, for a new prediction, the write queue is full); retry later",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for the given error statuses."""
+    return {code: {"model": ErrorResponse, "description": DESCRIPTIONS[code]} for code in codes}
+
+
+def error_body(detail: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    request_id = request_id_var.get()
+    body = ErrorResponse(
+        detail=detail, errors=errors, request_id=str(request_id) if request_id else None
+    )
+    return body.model_dump(exclude_none=True)
+
+
+def _field(loc: Sequence[Any]) -> str:
+    # ("body", "image") -> "image"; ("query", "limit") -> "limit"; ("body",) -> "body"
+    parts = [str(p) for p in loc[1:]] or [str(p) for p in loc]
+    return ".".join(parts)
+
+
+def summarise(errors: Sequence[Any]) -> tuple[str, list[dict[str, Any]]]:
+    clean: list[dict[str, Any]] = []
+    messages: list[str] = []
+    for err in errors:
+        loc = list(err.get("loc", ()))
+        field = _field(loc)
+        msg = str(err.get("msg", "invalid"))
+        clean.append({"loc": loc, "msg": msg, "type": str(err.get("type", ""))})
+        root = str(loc[1]) if len(loc) > 1 else field
+        if err.get("type") == "json_invalid":
+            root = "true_digit"
+            msg = "the body is not valid JSON"
+        hint = FIELD_HINTS.get(root)
+        line = f"{field}: {msg}" + (f" ({hint})" if hint else "")
+        if line not in messages:
+            messages.append(line)
+    return "; ".join(messages[:5]) or "invalid request", clean
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    detail, errors = summarise(exc.errors())
+    return JSONResponse(error_body(detail, errors), status_code=422)
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse(
+        error_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def not_found(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(error_body(f"{exc}; check the id"), status_code=404)
+
+
+async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable", extra={"error": str(exc)})
+    return JSONResponse(
+        error_body("the database is unavailable; try again in a few seconds"),
+        status_code=503,
+        headers={"Retry-After": RETRY_AFTER_S},
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(PredictionNotFound, not_found)
+    # Unavailable or timed out: the pool raises DatabaseUnavailable for a lost connection, a
+    # statement timeout surfaces as psycopg2.OperationalError.
+    for exc_type in (DatabaseUnavailable, psycopg2.OperationalError, psycopg2.InterfaceError):
+        app.add_exception_handler(exc_type, database_unavailable)
+    # Anything else that escapes is answered (500, JSON, request id) by RequestLogMiddleware.

@@ -1,0 +1,125 @@
+"""The app: `uvicorn digit_predictor.api.main:app`.
+
+The lifespan loads and warms the model once, prepares the database (migrations, pool, write
+queue) without requiring it to be up, and on shutdown flushes queued rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+import torch
+from fastapi import FastAPI, Security
+
+from digit_predictor.api import errors
+from digit_predictor.api.deps import Services
+from digit_predictor.api.limits import MULTIPART_OVERHEAD_BYTES, UploadLimitMiddleware
+from digit_predictor.api.logs import RequestLogMiddleware, configure_logging
+from digit_predictor.api.metrics import Metrics
+from digit_predictor.api.predictor import Predictor
+from digit_predictor.api.routes import health, predictions, stats
+from digit_predictor.api.security import require_api_key
+from digit_predictor.api.write_queue import PredictionStore
+from digit_predictor.config import Settings, get_settings
+from digit_predictor.db import Database
+from digit_predictor.ml.inference import Classifier
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Draw a digit, get the CNN's answer. Every prediction is stored in PostgreSQL with the drawing.
+
+* Errors always answer JSON `{"detail": "..."}` saying what to fix.
+* When the database is unavailable, `POST /v1/predictions` still answers, with **202** and
+  `id: null`: the row is queued and written once the database is back.
+* When the api runs with `API_KEY` set, every `/v1` call needs it in the `X-API-Key` header.
+"""
+
+FLUSH_TIMEOUT_S = 5.0
+
+
+def build_services(settings: Settings, metrics: Metrics) -> Services:
+    """Blocking start-up work (run in a worker thread by the lifespan)."""
+    classifier = Classifier.load(settings.model_path)
+    classifier.warm_up()
+    metrics.model_info.labels(version=classifier.version).set(1)
+    log.info(
+        "model loaded",
+        extra={
+            "model_path": str(settings.model_path),
+            "model_version": classifier.version,
+            "torch_threads": torch.get_num_threads(),
+        },
+    )
+    db = Database.from_settings(settings)
+    store = PredictionStore(
+        db,
+        queue_size=settings.write_queue_size,
+        metrics=metrics,
+        connect_timeout_s=settings.db_connect_timeout_s,
+    )
+    store.start()
+    return Services(
+        settings=settings,
+        metrics=metrics,
+        classifier=classifier,
+        predictor=Predictor(classifier, max_side=settings.max_image_side),
+        db=db,
+        store=store,
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    configure_logging(debug=settings.debug)
+    services = await anyio.to_thread.run_sync(build_services, settings, app.state.metrics)
+    app.state.services = services
+    log.info("api ready to serve", extra={"api_key_required": bool(settings.api_key)})
+    try:
+        yield
+    finally:
+        await anyio.to_thread.run_sync(services.store.close, FLUSH_TIMEOUT_S)
+        log.info("api stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Digit Predictor API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        debug=settings.debug,
+        # Only the drawing and `source`: anything more is a mistake or an attack.
+        form_limits={"max_files": 1, "max_fields": 4},
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics = Metrics()
+
+    v1 = {}
+    if settings.api_key:
+        v1 = {
+            "dependencies": [Security(require_api_key(settings.api_key))],
+            "responses": errors.error_responses(401),
+        }
+    app.include_router(predictions.upload_router, **v1)  # type: ignore[arg-type]
+    app.include_router(predictions.router, **v1)  # type: ignore[arg-type]
+    app.include_router(stats.router, **v1)  # type: ignore[arg-type]
+    app.include_router(health.router)
+    errors.install(app)
+
+    # Outermost last: the request log sees every answer, the upload limits' refusals included.
+    app.add_middleware(
+        UploadLimitMiddleware,
+        max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+        read_timeout_s=settings.request_timeout_s,
+    )
+    app.add_middleware(RequestLogMiddleware, metrics=metrics)
+    return app
+
+
+app = create_app()

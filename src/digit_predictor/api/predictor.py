@@ -1,0 +1,56 @@
+"""Drawing bytes -> digit: decode, preprocess MNIST-style, run the CNN. Plain blocking code:
+callers run it in a worker thread, never on the event loop."""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from digit_predictor.ml.inference import Classifier
+from digit_predictor.ml.preprocess import preprocess_bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    digit: int
+    confidence: float
+    probabilities: list[float]
+    latency_ms: float
+    model_input: np.ndarray  # uint8 (28, 28): exactly what the model saw
+
+    def model_input_png(self) -> bytes:
+        out = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(self.model_input, dtype=np.uint8)).save(
+            out, format="PNG"
+        )
+        return out.getvalue()
+
+
+class Predictor:
+    def __init__(self, classifier: Classifier, *, max_side: int) -> None:
+        self.classifier = classifier
+        self.max_side = max_side
+
+    @property
+    def version(self) -> str:
+        return self.classifier.version
+
+    def predict(self, data: bytes) -> Outcome:
+        """Raises InvalidImageError or EmptyDrawingError (both ValueError) for bad drawings."""
+        started = time.perf_counter()
+        pre = preprocess_bytes(data, max_side=self.max_side)
+        probs = self.classifier.predict_proba(pre.tensor.unsqueeze(0))[0]
+        digit = int(probs.argmax())
+        # Softmax in float64 sums to 1 within rounding; clip guards the [0, 1] check constraint.
+        probabilities = [min(max(float(p), 0.0), 1.0) for p in probs]
+        return Outcome(
+            digit=digit,
+            confidence=probabilities[digit],
+            probabilities=probabilities,
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+            model_input=pre.image,
+        )

@@ -1,0 +1,165 @@
+"""What the api accepts and answers; these models are also the OpenAPI schema."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from digit_predictor.db.queries import Prediction, Statistics
+
+Digit = Annotated[int, Field(ge=0, le=9)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Probabilities = Annotated[
+    list[Probability],
+    Field(min_length=10, max_length=10, description="P(digit) for 0..9; sums to 1"),
+]
+
+
+class ErrorResponse(BaseModel):
+    """Every error: `detail` says what went wrong and what to do about it."""
+
+    detail: str = Field(description="what went wrong and how to fix it")
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="for validation errors: each field that failed, and why"
+    )
+    request_id: str | None = Field(default=None, description="quote it when reporting a problem")
+
+
+class PredictionCreated(BaseModel):
+    id: int | None = Field(
+        description="row id; null when the row is queued (202) because the database is down"
+    )
+    request_id: UUID = Field(description="identifies the row, stored or queued")
+    digit: Digit
+    confidence: Probability = Field(description="probability of the predicted digit")
+    probabilities: Probabilities
+    model_version: str
+    created_at: datetime
+    latency_ms: float = Field(
+        ge=0, description="time the api spent decoding, preprocessing and running the model"
+    )
+    source: str | None = None
+    model_input_png: str = Field(
+        description="base64 PNG of the 28x28 image the model saw, after preprocessing"
+    )
+    stored: bool = Field(description="true: written to the database; false: queued (202)")
+
+
+class PredictionRecord(BaseModel):
+    id: int
+    request_id: UUID
+    digit: Digit
+    confidence: Probability
+    probabilities: Probabilities
+    model_version: str
+    created_at: datetime
+    latency_ms: float | None
+    source: str | None
+    true_digit: Digit | None = Field(description="the person's answer, once given")
+    feedback_at: datetime | None
+    correct: bool | None = Field(description="true_digit == digit; null without feedback")
+
+    @classmethod
+    def from_row(cls, row: Prediction) -> PredictionRecord:
+        return cls(
+            id=row.id,
+            request_id=row.request_id,
+            digit=row.predicted_digit,
+            confidence=row.confidence,
+            probabilities=row.probabilities,
+            model_version=row.model_version,
+            created_at=row.created_at,
+            latency_ms=row.latency_ms,
+            source=row.source,
+            true_digit=row.true_digit,
+            feedback_at=row.feedback_at,
+            correct=row.is_correct,
+        )
+
+
+class PredictionPage(BaseModel):
+    items: list[PredictionRecord] = Field(description="newest first, without image bytes")
+    limit: int
+    offset: int
+    total: int = Field(description="number of stored predictions")
+
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    true_digit: Annotated[StrictInt, Field(ge=0, le=9, description="the digit that was drawn")]
+
+
+class DigitStats(BaseModel):
+    digit: Digit
+    feedback_count: int
+    correct: int
+    accuracy: float | None
+
+
+class DayCount(BaseModel):
+    day: date
+    count: int
+
+
+class Stats(BaseModel):
+    total_predictions: int
+    feedback_count: int
+    correct_count: int
+    accuracy: float | None = Field(description="on predictions with feedback; null without")
+    mean_confidence: float | None
+    per_digit: list[DigitStats] = Field(description="by the true digit, 0..9")
+    confusion: list[list[int]] = Field(description="confusion[true][predicted]")
+    per_day: list[DayCount] = Field(description="local days in `time_zone`, oldest first")
+    time_zone: str
+    high_score_today: PredictionRecord | None = Field(
+        description="most confident prediction since local midnight in `time_zone`"
+    )
+
+    @classmethod
+    def build(cls, stats: Statistics, high: Prediction | None, time_zone: str) -> Stats:
+        return cls(
+            total_predictions=stats.total_predictions,
+            feedback_count=stats.feedback_count,
+            correct_count=stats.correct_count,
+            accuracy=stats.accuracy,
+            mean_confidence=stats.mean_confidence,
+            per_digit=[
+                DigitStats(
+                    digit=d.digit,
+                    feedback_count=d.feedback_count,
+                    correct=d.correct,
+                    accuracy=d.accuracy,
+                )
+                for d in stats.per_digit
+            ],
+            confusion=stats.confusion,
+            per_day=[DayCount(day=day, count=count) for day, count in stats.per_day],
+            time_zone=time_zone,
+            high_score_today=PredictionRecord.from_row(high) if high else None,
+        )
+
+
+class ModelCard(BaseModel):
+    """The model card shipped beside the weights, as written by training."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: str
+    architecture: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    model_loaded: bool
+    model_version: str | None
+    database: Literal["up", "down"]
+    queued_writes: int = Field(description="predictions waiting to be written to the database")
+    reasons: list[str] = Field(description="why the service is not ready; empty when ready")
