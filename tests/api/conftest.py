@@ -1,0 +1,38 @@
+"""Fixtures for the api tests: an untrained model and real uvicorn servers on a real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import ApiServer, api_env, make_test_model, start_api
+
+API_KEY = "test-key-5f0c2d"
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_test_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def api_server(migrated_database_url: str, model_path: Path) -> Iterator[ApiServer]:
+    """One api for the contract tests; `api` empties the tables before each test."""
+    server = start_api(api_env(migrated_database_url, model_path))
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def api(api_server: ApiServer, database_url: str) -> ApiServer:
+    assert api_server.is_running(), api_server.logs()[-3000:]
+    return api_server
+
+
+@pytest.fixture
+def client(api: ApiServer) -> Iterator[httpx.Client]:
+    with api.client() as http:
+        yield http
