@@ -159,7 +159,7 @@ class ApiClient:
         retry = Retry(
             total=retries,
             connect=retries,
-            read=0,
+            read=False,  # a read timeout is raised as such: the api may be working on it
             status=retries,
             other=0,
             status_forcelist=RETRY_STATUSES,

@@ -65,9 +65,6 @@ class HighScore:
     confidence: float
     created_at: datetime  # in the high-score time zone
 
-    def describe(self) -> str:
-        return f"{self.confidence:.1%} for a {self.digit} at {self.created_at:%H:%M}"
-
 
 def high_score(db: Database, tz: ZoneInfo, now: datetime | None = None) -> HighScore | None:
     """The best confidence since local midnight in `tz`, or None when nothing was drawn today."""

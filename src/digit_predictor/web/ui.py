@@ -31,3 +31,8 @@ def guarded(render: Callable[[], None]) -> None:
     except Exception:
         log.exception("unexpected error while rendering a page")
         st.error(UNEXPECTED)
+
+
+def a_digit(digit: int) -> str:
+    """'a 7', 'an 8': the article as the digit is spoken."""
+    return f"{'an' if digit == 8 else 'a'} {digit}"

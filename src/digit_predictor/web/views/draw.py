@@ -9,7 +9,7 @@ import streamlit as st
 from digit_predictor.web import actions, canvas, charts, data, images, resources
 from digit_predictor.web.actions import HighScoreState, Outcome
 from digit_predictor.web.api_client import PredictionResult
-from digit_predictor.web.ui import guarded, log
+from digit_predictor.web.ui import a_digit, guarded, log
 
 DIGITS = list(range(10))
 
@@ -52,7 +52,7 @@ def _save_answer(prediction_id: int, true_digit: int | None) -> None:
         state.feedback_note = ("error", "This prediction is no longer in the database.")
         return
     state.answers[prediction_id] = true_digit
-    state.feedback_note = ("success", f"Thank you! Saved: it was a {true_digit}.")
+    state.feedback_note = ("success", f"Thank you! Saved: it was {a_digit(true_digit)}.")
 
 
 def _save_correction(prediction_id: int) -> None:
@@ -77,7 +77,7 @@ def _show_high_score(state: Any) -> None:
         else:
             best = tracker.value
             st.metric("Today's high score", f"{best.confidence:.1%}")
-            st.caption(f"a {best.digit}, at {best.created_at:%H:%M} ({tz})")
+            st.caption(f"{a_digit(best.digit)}, at {best.created_at:%H:%M} ({tz})")
 
 
 def _show_outcome(outcome: Outcome | None) -> None:
@@ -117,7 +117,7 @@ def _show_feedback(state: Any, result: PredictionResult) -> None:
     st.markdown("**Was it right?**")
     saved = state.answers.get(pid)
     st.button(
-        f"Yes, it was a {result.digit}",
+        f"Yes, it was {a_digit(result.digit)}",
         key=f"right-{pid}",
         icon=":material/check:",
         on_click=_save_answer,

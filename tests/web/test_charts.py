@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from datetime import date
+
+from digit_predictor.db.queries import DigitAccuracy
+from digit_predictor.web import charts
+
+
+def test_probability_chart_has_ten_bars_and_highlights_the_prediction() -> None:
+    probabilities = [0.01] * 10
+    probabilities[4] = 0.91
+    frame = charts.probability_frame(probabilities, 4)
+    assert list(frame["digit"]) == [str(d) for d in range(10)]
+    assert frame.loc[frame["predicted"], "digit"].tolist() == ["4"]
+    spec = charts.probability_chart(probabilities, 4).to_dict()
+    assert spec["mark"]["type"] == "bar"
+    values = next(iter(spec["datasets"].values()))
+    assert [v["probability"] for v in values] == probabilities
+
+
+def test_confusion_heatmap_has_a_cell_for_every_pair() -> None:
+    confusion = [[0] * 10 for _ in range(10)]
+    confusion[7][1] = 3
+    confusion[1][1] = 5
+    frame = charts.confusion_frame(confusion)
+    assert len(frame) == 100
+    cell = frame[(frame["true"] == "7") & (frame["predicted"] == "1")]
+    assert cell["count"].tolist() == [3]
+    spec = charts.confusion_heatmap(confusion).to_dict()
+    assert [layer["mark"]["type"] for layer in spec["layer"]] == ["rect", "text"]
+
+
+def test_per_digit_chart_leaves_digits_without_feedback_empty() -> None:
+    per_digit = [DigitAccuracy(digit=d, feedback_count=0, correct=0) for d in range(10)]
+    per_digit[3] = DigitAccuracy(digit=3, feedback_count=4, correct=3)
+    frame = charts.per_digit_frame(per_digit)
+    assert frame.loc[3, "accuracy"] == 0.75
+    assert frame["accuracy"].isna().sum() == 9
+    assert charts.per_digit_chart(per_digit).to_dict()["mark"]["type"] == "bar"
+
+
+def test_per_day_chart_counts() -> None:
+    per_day = [(date(2026, 11, 20), 4), (date(2026, 11, 21), 9)]
+    frame = charts.per_day_frame(per_day)
+    assert frame["predictions"].tolist() == [4, 9]
+    assert charts.per_day_chart(per_day).to_dict()["mark"]["type"] == "bar"
