@@ -124,8 +124,8 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        super().__init__(("127.0.0.1", 0), handler)
+    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int) -> None:
+        super().__init__(("127.0.0.1", port), handler)
         self.open_sockets: list[socket.socket] = []
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -140,9 +140,10 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextmanager
-def running_stub() -> Iterator[StubApi]:
+def running_stub(port: int = 0) -> Iterator[StubApi]:
+    """A stub on `port` (0: any free one); the same port again plays a restarted api."""
     stub = StubApi()
-    server = _Server(_handler(stub))
+    server = _Server(_handler(stub), port)
     stub.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
