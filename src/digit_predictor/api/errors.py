@@ -59,7 +59,10 @@ def _field(loc: Sequence[Any]) -> str:
     return ".".join(parts)
 
 
-def summarise(errors: Sequence[Any]) -> tuple[str, list[dict[str, Any]]]:
+def summarise(
+    errors: Sequence[Any], body_hint: str | None = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """One readable line (field: problem (what to send)) and the errors without their inputs."""
     clean: list[dict[str, Any]] = []
     messages: list[str] = []
     for err in errors:
@@ -69,9 +72,10 @@ def summarise(errors: Sequence[Any]) -> tuple[str, list[dict[str, Any]]]:
         clean.append({"loc": loc, "msg": msg, "type": str(err.get("type", ""))})
         root = str(loc[1]) if len(loc) > 1 else field
         if err.get("type") == "json_invalid":
-            root = "true_digit"
-            msg = "the body is not valid JSON"
+            field, msg = "body", "not valid JSON"
         hint = FIELD_HINTS.get(root)
+        if loc and loc[0] == "body" and body_hint and root not in FIELD_HINTS:
+            hint = body_hint
         line = f"{field}: {msg}" + (f" ({hint})" if hint else "")
         if line not in messages:
             messages.append(line)
@@ -80,7 +84,9 @@ def summarise(errors: Sequence[Any]) -> tuple[str, list[dict[str, Any]]]:
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    detail, errors = summarise(exc.errors())
+    # The feedback route's only body is {"true_digit": N}: say so whatever was wrong with it.
+    body_hint = FIELD_HINTS["true_digit"] if request.url.path.endswith("/feedback") else None
+    detail, errors = summarise(exc.errors(), body_hint)
     return JSONResponse(error_body(detail, errors), status_code=422)
 
 

@@ -26,12 +26,14 @@ CLOSE = {"Connection": "close"}
 
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int, declared: int | None = None) -> None:
-        size = f"{declared} bytes" if declared is not None else "more than that"
+        size = f"is {declared} bytes" if declared is not None else "goes on past"
+        image_limit = limit - MULTIPART_OVERHEAD_BYTES
         super().__init__(
             status_code=413,
             detail=(
-                f"too many bytes: the request body is {size}, the limit is {limit} bytes "
-                "(an image of at most that size plus form overhead); send a smaller image"
+                f"too many bytes: the request body {size} the limit of {limit} bytes "
+                f"(an image of at most {image_limit} bytes plus the form around it); "
+                "send a smaller image"
             ),
             headers=CLOSE,
         )

@@ -99,7 +99,7 @@ def create_prediction(
         raise HTTPException(
             status_code=413,
             detail=f"too many bytes: the image is over the limit of {limit} bytes; "
-            "send a smaller image",
+            "send a smaller image (a drawing is usually a few kB as PNG)",
         )
     try:
         outcome = services.predictor.predict(data)
