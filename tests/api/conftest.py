@@ -36,3 +36,17 @@ def api(api_server: ApiServer, database_url: str) -> ApiServer:
 def client(api: ApiServer) -> Iterator[httpx.Client]:
     with api.client() as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def keyed_api_server(migrated_database_url: str, model_path: Path) -> Iterator[ApiServer]:
+    """An api that requires X-API-Key on /v1 (for the auth and schemathesis tests)."""
+    server = start_api(api_env(migrated_database_url, model_path, api_key=API_KEY))
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def keyed_api(keyed_api_server: ApiServer, database_url: str) -> ApiServer:
+    assert keyed_api_server.is_running(), keyed_api_server.logs()[-3000:]
+    return keyed_api_server

@@ -92,9 +92,30 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    return JSONResponse(
-        error_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers
-    )
+    headers = dict(exc.headers or {})
+    detail = str(exc.detail)
+    status = exc.status_code
+    if status == 405:
+        # Starlette's Allow lists only the first route that matched the path; list them all.
+        allowed = allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        detail = f"method {request.method} not allowed here; use {' or '.join(allowed)}"
+    elif status == 400 and detail == "There was an error parsing the body":
+        if request.url.path.endswith("/feedback"):
+            # "422 for anything but an integer 0-9", an unreadable body included.
+            status, detail = 422, f"body: not readable as JSON ({FIELD_HINTS['true_digit']})"
+        else:
+            detail = "the request body could not be parsed; send a well-formed request"
+    return JSONResponse(error_body(detail), status_code=status, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path) and getattr(route, "methods", None):
+            methods.update(route.methods)
+    return sorted(methods)
 
 
 async def not_found(request: Request, exc: Exception) -> JSONResponse:
