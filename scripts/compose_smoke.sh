@@ -17,12 +17,16 @@
 #
 # Environment: SMOKE_CACHE (rootfs and wheels, kept between runs; default .artifacts/smoke-cache),
 # SMOKE_TIMEOUT_S (how long the stack may take to become healthy; default 420),
+# SMOKE_KEEP_IMAGES=1 (keep the engine's images in the cache for a faster next run; by default
+# everything the engine stored is deleted at the end),
 # DEBIAN_MIRROR (default http://deb.debian.org/debian).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${SMOKE_CACHE:-$repo/.artifacts/smoke-cache}
 state=$repo/.artifacts/smoke-state
+data_root=$state/docker
+[ "${SMOKE_KEEP_IMAGES:-0}" = 1 ] && data_root=$cache/docker
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 timeout_s=${SMOKE_TIMEOUT_S:-420}
 index_port=3141
@@ -133,8 +137,10 @@ compose=()
 
 networks_are_safe() {
     # Only Docker's built-in host and none networks may exist; and the namespace has lo alone.
-    local bad
-    bad=$(docker network ls --format '{{.Name}} {{.Driver}}' | grep -v -E '^(host host|none null)$' || true)
+    local bad=""
+    if [ -n "$dockerd_pid" ]; then
+        bad=$(docker network ls --format '{{.Name}} {{.Driver}}' | grep -v -E '^(host host|none null)$' || true)
+    fi
     [ -z "$bad" ] || { log "unexpected Docker networks: $bad"; return 1; }
     bad=$(ip -o addr show | awk '$2 != "lo" {print $2, $4}')
     [ -z "$bad" ] || { log "unexpected addresses: $bad"; return 1; }
@@ -195,8 +201,8 @@ inside() {
         "$index_port" >"$state/index.log" 2>&1 &
     index_pid=$!
 
-    log "starting dockerd (bridge none, no iptables, data root $state/docker)"
-    dockerd --data-root "$state/docker" --exec-root "$state/exec" --pidfile "$state/dockerd.pid" \
+    log "starting dockerd (bridge none, no iptables, data root $data_root)"
+    dockerd --data-root "$data_root" --exec-root "$state/exec" --pidfile "$state/dockerd.pid" \
         --host "unix://$state/docker.sock" --bridge=none --iptables=false --ip6tables=false \
         --ip-forward=false --ip-masq=false >"$state/dockerd.log" 2>&1 &
     dockerd_pid=$!
@@ -207,12 +213,13 @@ inside() {
     networks_are_safe || die "dockerd created a network"
 
     log "importing stand-ins: $python_image, $postgres_image"
-    docker import --change 'CMD ["python3"]' "$cache/rootfs.tar" "$python_image" >/dev/null
-    docker import \
+    docker image inspect "$python_image" >/dev/null 2>&1 \
+        || docker import --change 'CMD ["python3"]' "$cache/rootfs.tar" "$python_image" >/dev/null
+    docker image inspect "$postgres_image" >/dev/null 2>&1 || docker import \
         --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV PGDATA=/var/lib/postgresql/data' \
         --change 'ENTRYPOINT ["docker-entrypoint.sh"]' --change 'CMD ["postgres"]' \
-        --change 'STOPSIGNAL SIGINT' "$cache/rootfs.tar" "$postgres_image" >/dev/null
+        "$cache/rootfs.tar" "$postgres_image" >/dev/null
 
     # Real secrets for this run only: the app refuses the placeholders of .env.example.
     local api_key
