@@ -90,6 +90,10 @@ def make_test_model(directory: str | os.PathLike[str], *, version: str = "test-m
     return weights
 
 
+# uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: -15 is a clean stop.
+CLEAN_EXIT = (0, -signal.SIGTERM)
+
+
 class ServerFailed(RuntimeError):
     """The api process exited or never became ready; the message ends with its log."""
 
@@ -141,7 +145,10 @@ class ApiServer:
         )
 
     def stop(self, timeout_s: float = 20.0) -> int:
-        """Graceful stop (SIGTERM, as Docker sends); SIGKILL if it does not end in time."""
+        """Graceful stop (SIGTERM, as Docker sends); SIGKILL if it does not end in time.
+
+        Returns the exit status; one of CLEAN_EXIT after a graceful shutdown.
+        """
         if self.is_running():
             self.process.send_signal(signal.SIGTERM)
             try:

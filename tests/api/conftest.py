@@ -50,3 +50,27 @@ def keyed_api_server(migrated_database_url: str, model_path: Path) -> Iterator[A
 def keyed_api(keyed_api_server: ApiServer, database_url: str) -> ApiServer:
     assert keyed_api_server.is_running(), keyed_api_server.logs()[-3000:]
     return keyed_api_server
+
+
+SMALL_QUEUE = 3
+READ_TIMEOUT_S = 1.0
+
+
+@pytest.fixture(scope="session")
+def small_api_server(migrated_database_url: str, model_path: Path) -> Iterator[ApiServer]:
+    """An api with a 3-row write queue and a 1 s body deadline."""
+    env = api_env(
+        migrated_database_url,
+        model_path,
+        write_queue_size=SMALL_QUEUE,
+        request_timeout_s=READ_TIMEOUT_S,
+    )
+    server = start_api(env)
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def small_api(small_api_server: ApiServer, database_url: str) -> ApiServer:
+    assert small_api_server.is_running(), small_api_server.logs()[-3000:]
+    return small_api_server
