@@ -173,6 +173,8 @@ teardown() {
         wait "$dockerd_pid" 2>/dev/null
     fi
     [ -n "$index_pid" ] && kill "$index_pid" 2>/dev/null && wait "$index_pid" 2>/dev/null
+    # dockerd leaves its netns bind mount behind; this mount namespace's mounts only.
+    findmnt -rn -o TARGET | grep -F "$state/" | sort -r | xargs -r umount -l
     rm -rf "$state"
     if [ "$rc" = 0 ]; then log "SMOKE TEST PASSED"; else log "SMOKE TEST FAILED (exit $rc)"; fi
     exit "$rc"

@@ -210,3 +210,23 @@ def test_compose_cli_refuses_a_missing_password(tmp_path: Path) -> None:
     result = _config("DB_NAME=digits\n", tmp_path, COMPOSE)
     assert result.returncode != 0
     assert "DB_PASSWORD" in result.stderr
+
+
+def test_caddyfile_is_valid(tmp_path: Path) -> None:
+    caddy = shutil.which("caddy")
+    if not caddy:
+        pytest.skip("caddy not installed (apt-get install caddy)")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "XDG_DATA_HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path),
+        "DOMAIN": "digits.example.org",
+        "ACME_EMAIL": "ops@example.org",
+    }
+    caddyfile = str(ROOT / "deploy" / "Caddyfile")
+    args = [caddy, "adapt", "--config", caddyfile, "--adapter", "caddyfile", "--validate"]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert '"digits.example.org"' in result.stdout and '"ops@example.org"' in result.stdout
+    assert '"web:8501"' in result.stdout
