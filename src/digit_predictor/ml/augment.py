@@ -53,18 +53,16 @@ def augment_batch(
 def _stroke_thickness(
     big: torch.Tensor, config: AugmentConfig, generator: torch.Generator
 ) -> torch.Tensor:
+    """Per digit: erode by one step, keep, or dilate by up to `thicken_max` steps."""
     n = big.shape[0]
     amount = torch.randint(0, config.thicken_max + 1, (n,), generator=generator)
-    thin = torch.rand(n, generator=generator) < config.thin_prob
-    amount[thin] = -1
-    result = big.clone()
+    amount[torch.rand(n, generator=generator) < config.thin_prob] = -1
+    eroded = -F.max_pool2d(-big, 3, stride=1, padding=1)
+    result = torch.where((amount == -1)[:, None, None, None], eroded, big)
     grown = big
     for step in range(1, config.thicken_max + 1):
         grown = F.max_pool2d(grown, 3, stride=1, padding=1)
-        result[amount == step] = grown[amount == step]
-    if bool(thin.any()):
-        eroded = -F.max_pool2d(-big[thin], 3, stride=1, padding=1)
-        result[thin] = eroded
+        result = torch.where((amount == step)[:, None, None, None], grown, result)
     return result
 
 

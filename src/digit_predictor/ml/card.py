@@ -41,6 +41,12 @@ def card_markdown(card: dict[str, Any]) -> str:
     ]
     for row in metrics.get("benchmarks", []):
         lines.append(f"| {row['name']} | {_pct(row['accuracy'])} | {row['n']} |")
+    if "inference_ms_per_image" in metrics:
+        lines += [
+            "",
+            f"Inference: {metrics['inference_ms_per_image']:.2f} ms per image on CPU "
+            "(batch of 1, median, in-process).",
+        ]
     per_digit = metrics.get("mnist_test_per_digit")
     if per_digit:
         lines += [

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -153,10 +154,27 @@ def score(model: torch.nn.Module, sets: dict[str, tuple[np.ndarray, np.ndarray]]
     return metrics
 
 
+def latency_ms(model: torch.nn.Module, runs: int = 200) -> float:
+    """Median time of one single-image forward pass, in milliseconds, in this process."""
+    model.eval()
+    x = torch.zeros(1, 1, 28, 28)
+    times = []
+    with torch.inference_mode():
+        for _ in range(10):
+            model(x)
+        for _ in range(runs):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000.0)
+
+
 def evaluate_model(
     model: torch.nn.Module, data_dir: Path | None = None, progress: bool = False
 ) -> dict[str, Any]:
-    return score(model, build_benchmarks(data_dir, progress=progress))
+    metrics = score(model, build_benchmarks(data_dir, progress=progress))
+    metrics["inference_ms_per_image"] = round(latency_ms(model), 3)
+    return metrics
 
 
 def print_table(metrics: dict[str, Any], per_digit: bool = False) -> None:
@@ -184,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = score(classifier.model, sets)
     print(f"model {classifier.version}")
     print_table(metrics, per_digit=args.per_digit)
+    print(f"inference: {latency_ms(classifier.model):.2f} ms per image (batch of 1, median)")
     return 0
 
 

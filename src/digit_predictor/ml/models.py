@@ -40,10 +40,11 @@ def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
 class BnCNN(nn.Module):
     """The shipped default: batch-normalised 3x3 convs in three stages, global average pool.
 
-    Small enough to train on two CPU cores in minutes and to answer in well under 2 ms.
+    Channels double as the resolution halves; most parameters sit at 7x7 where they are cheap,
+    so it trains on two CPU cores in minutes and answers in well under 2 ms.
     """
 
-    def __init__(self, width: int = 32, dropout: float = 0.2) -> None:
+    def __init__(self, width: int = 16, dropout: float = 0.2) -> None:
         super().__init__()
         w1, w2, w3 = width, 2 * width, 4 * width
         self.features = nn.Sequential(
@@ -54,6 +55,7 @@ class BnCNN(nn.Module):
             *_conv_bn(w2, w2),
             nn.MaxPool2d(2),  # 7x7
             *_conv_bn(w2, w3),
+            *_conv_bn(w3, w3),
             nn.AdaptiveAvgPool2d(1),
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(w3, 10))

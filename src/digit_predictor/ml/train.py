@@ -146,7 +146,7 @@ def run_training(
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             scheduler.step()
-            total_loss += float(loss) * len(y)
+            total_loss += loss.item() * len(y)
             correct += int((logits.argmax(dim=1) == y).sum())
             seen += len(y)
             if step % 20 == 0:
