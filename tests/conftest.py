@@ -8,57 +8,15 @@ Each test gets clean tables; tests that need a database of their own ask `make_d
 from __future__ import annotations
 
 import os
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
 
 from digit_predictor.db import Database
 from digit_predictor.db.migrate import migrate
-
-ROOT = Path(__file__).resolve().parents[1]
-PG_CLUSTER = ROOT / "scripts" / "pg_cluster.sh"
-
-
-@dataclass
-class PostgresServer:
-    admin_url: str  # a superuser on the maintenance database
-    data_dir: Path | None  # set when this test run owns the cluster and may restart it
-
-    def restart(self) -> None:
-        if self.data_dir is None:
-            pytest.skip("the server comes from TEST_DATABASE_URL; this test run cannot restart it")
-        subprocess.run([str(PG_CLUSTER), "restart", str(self.data_dir)], check=True)
-
-    def stop(self) -> None:
-        if self.data_dir is None:
-            pytest.skip("the server comes from TEST_DATABASE_URL; this test run cannot stop it")
-        subprocess.run([str(PG_CLUSTER), "stop", str(self.data_dir)], check=True)
-
-    def start(self) -> None:
-        assert self.data_dir is not None
-        subprocess.run(
-            [str(PG_CLUSTER), "start", str(self.data_dir)], check=True, stdout=subprocess.DEVNULL
-        )
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + name))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.pg import ClusterFailed, PostgresServer, start_cluster, with_database
 
 
 @pytest.fixture(scope="session")
@@ -67,24 +25,14 @@ def pg_server() -> Iterator[PostgresServer]:
     if given:
         yield PostgresServer(admin_url=given, data_dir=None)
         return
-    # /tmp rather than the checkout: as root the cluster belongs to `postgres`, which must be
-    # able to reach its folder even when the checkout lives in a private home directory.
-    parent = Path(tempfile.mkdtemp(prefix="digit-predictor-pg-"))
-    parent.chmod(0o755)
-    data_dir = parent / "cluster"
-    out = subprocess.run(
-        [str(PG_CLUSTER), "start", str(data_dir), str(_free_port())],
-        capture_output=True,
-        text=True,
-    )
-    if out.returncode != 0:
-        pytest.exit(f"could not start a throwaway PostgreSQL: {out.stderr}", returncode=3)
-    url = out.stdout.strip().splitlines()[-1]
     try:
-        yield PostgresServer(admin_url=with_database(url, "postgres"), data_dir=data_dir)
+        server = start_cluster()
+    except ClusterFailed as exc:
+        pytest.exit(str(exc), returncode=3)
+    try:
+        yield server
     finally:
-        subprocess.run([str(PG_CLUSTER), "destroy", str(data_dir)], check=False)
-        parent.rmdir()
+        server.destroy()
 
 
 @pytest.fixture(scope="session")

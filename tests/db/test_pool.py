@@ -5,7 +5,7 @@ import psycopg2
 import pytest
 
 from digit_predictor.db import Database, DatabaseUnavailable
-from tests.conftest import PostgresServer
+from tests.pg import PostgresServer
 
 
 def _backend_pid(db: Database) -> int:
