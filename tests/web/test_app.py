@@ -266,7 +266,7 @@ def test_history_lists_predictions_newest_first_and_pages(stub: StubApi, db: Dat
     frame = at.dataframe[0].value
     assert len(frame) == 20
     assert frame["ID"].tolist()[:3] == [ids[-1], ids[-2], ids[-3]]
-    assert frame.loc[0, "Result"] == "✅ right"
+    assert frame.loc[0, "Result"] == "✓ right"
     assert "23 predictions, newest first · showing 1–20" in _texts(at)
 
     at.get("pagination")[0].set_value(2).run()

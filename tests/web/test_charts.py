@@ -39,8 +39,10 @@ def test_per_digit_chart_leaves_digits_without_feedback_empty() -> None:
     assert charts.per_digit_chart(per_digit).to_dict()["mark"]["type"] == "bar"
 
 
-def test_per_day_chart_counts() -> None:
-    per_day = [(date(2026, 11, 20), 4), (date(2026, 11, 21), 9)]
-    frame = charts.per_day_frame(per_day)
-    assert frame["predictions"].tolist() == [4, 9]
-    assert charts.per_day_chart(per_day).to_dict()["mark"]["type"] == "bar"
+def test_per_day_chart_fills_the_window_with_zeros() -> None:
+    per_day = [(date(2026, 11, 18), 4), (date(2026, 11, 20), 9)]
+    frame = charts.per_day_frame(per_day, days=5, today=date(2026, 11, 21))
+    assert [d.date() for d in frame["day"]] == [date(2026, 11, d) for d in range(17, 22)]
+    assert frame["predictions"].tolist() == [0, 4, 0, 9, 0]
+    chart = charts.per_day_chart(per_day, days=5, today=date(2026, 11, 21))
+    assert chart.to_dict()["mark"]["type"] == "bar"

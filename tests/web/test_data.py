@@ -68,8 +68,8 @@ def test_history_pages_newest_first_with_thumbnails(db: Database) -> None:
     frame = first.frame
     assert list(frame.columns) == data.HISTORY_COLUMNS
     assert frame["ID"].tolist() == list(reversed(ids))[:10]
-    assert frame.loc[0, "Result"] == "✅ right" and frame.loc[0, "True digit"] == "4"
-    assert frame.loc[1, "Result"] == "❌ wrong" and frame.loc[1, "True digit"] == "9"
+    assert frame.loc[0, "Result"] == "✓ right" and frame.loc[0, "True digit"] == "4"
+    assert frame.loc[1, "Result"] == "✗ wrong" and frame.loc[1, "True digit"] == "9"
     assert frame.loc[2, "Result"] == "no answer yet" and frame.loc[2, "True digit"] == ""
     assert frame.loc[0, "Time"] == "2026-11-20 07:24:00"  # 12:24 UTC in New York
     assert all(str(uri).startswith("data:image/png;base64,") for uri in frame["Drawing"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, timedelta
 
 import altair as alt
 import pandas as pd
@@ -12,6 +12,7 @@ from digit_predictor.db.queries import DigitAccuracy
 
 ACCENT = "#ff4b4b"
 MUTED = "#8a8f98"
+DIGITS = [str(d) for d in range(10)]
 
 
 def probability_frame(probabilities: Sequence[float], predicted: int) -> pd.DataFrame:
@@ -61,13 +62,17 @@ def confusion_frame(confusion: Sequence[Sequence[int]]) -> pd.DataFrame:
 def confusion_heatmap(confusion: Sequence[Sequence[int]]) -> alt.LayerChart:
     """Rows: the person's answer; columns: the prediction; a count in every non-empty cell."""
     frame = confusion_frame(confusion)
-    digits = [str(d) for d in range(10)]
     base = alt.Chart(frame, height=360).encode(
-        x=alt.X("predicted:O", title="predicted digit", sort=digits, axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("true:O", title="true digit (from feedback)", sort=digits),
+        x=alt.X("predicted:O", title="predicted digit", sort=DIGITS, axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("true:O", title="true digit (from feedback)", sort=DIGITS),
     )
     cells = base.mark_rect().encode(
-        color=alt.Color("count:Q", title="count", scale=alt.Scale(scheme="blues")),
+        color=alt.Color(
+            "count:Q",
+            title="count",
+            scale=alt.Scale(scheme="blues"),
+            legend=alt.Legend(format="d", tickMinStep=1),
+        ),
         tooltip=["true:O", "predicted:O", "count:Q"],
     )
     peak = max((int(v) for row in confusion for v in row), default=0)
@@ -103,7 +108,12 @@ def per_digit_chart(per_digit: Sequence[DigitAccuracy]) -> alt.Chart:
         alt.Chart(frame, height=220)
         .mark_bar(color=ACCENT)
         .encode(
-            x=alt.X("digit:N", title="true digit", sort=None, axis=alt.Axis(labelAngle=0)),
+            x=alt.X(
+                "digit:N",
+                title="true digit",
+                scale=alt.Scale(domain=DIGITS),
+                axis=alt.Axis(labelAngle=0),
+            ),
             y=alt.Y(
                 "accuracy:Q",
                 title="accuracy",
@@ -121,20 +131,28 @@ def per_digit_chart(per_digit: Sequence[DigitAccuracy]) -> alt.Chart:
     return chart
 
 
-def per_day_frame(per_day: Sequence[tuple[date, int]]) -> pd.DataFrame:
+def per_day_frame(per_day: Sequence[tuple[date, int]], *, days: int, today: date) -> pd.DataFrame:
+    """One row per day of the window, oldest first; days without predictions count 0."""
+    counts = dict(per_day)
+    window = [today - timedelta(days=n) for n in range(days - 1, -1, -1)]
     return pd.DataFrame(
-        {"day": [pd.Timestamp(day) for day, _ in per_day], "predictions": [n for _, n in per_day]}
+        {
+            "day": [pd.Timestamp(d) for d in window],
+            "predictions": [counts.get(d, 0) for d in window],
+        }
     )
 
 
-def per_day_chart(per_day: Sequence[tuple[date, int]]) -> alt.Chart:
-    frame = per_day_frame(per_day)
+def per_day_chart(per_day: Sequence[tuple[date, int]], *, days: int, today: date) -> alt.Chart:
+    frame = per_day_frame(per_day, days=days, today=today)
     chart: alt.Chart = (
         alt.Chart(frame, height=220)
-        .mark_bar(color=MUTED)
+        .mark_bar(color=MUTED, width=alt.RelativeBandSize(0.8))
         .encode(
-            x=alt.X("yearmonthdate(day):O", title="day", axis=alt.Axis(format="%b %d")),
-            y=alt.Y("predictions:Q", title="predictions"),
+            x=alt.X(
+                "yearmonthdate(day):T", title="day", axis=alt.Axis(format="%b %d", labelAngle=0)
+            ),
+            y=alt.Y("predictions:Q", title="predictions", axis=alt.Axis(tickMinStep=1, format="d")),
             tooltip=[alt.Tooltip("day:T", format="%Y-%m-%d"), "predictions:Q"],
         )
     )

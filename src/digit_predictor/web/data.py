@@ -98,7 +98,7 @@ class HistoryPage:
 def result_label(prediction: Prediction) -> str:
     if prediction.is_correct is None:
         return "no answer yet"
-    return "✅ right" if prediction.is_correct else "❌ wrong"
+    return "✓ right" if prediction.is_correct else "✗ wrong"
 
 
 def history_frame(predictions: list[Prediction], tz: ZoneInfo) -> pd.DataFrame:

@@ -36,3 +36,7 @@ def guarded(render: Callable[[], None]) -> None:
 def a_digit(digit: int) -> str:
     """'a 7', 'an 8': the article as the digit is spoken."""
     return f"{'an' if digit == 8 else 'a'} {digit}"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from digit_predictor.web import data, resources
-from digit_predictor.web.ui import db_unavailable_message, guarded
+from digit_predictor.web.ui import db_unavailable_message, guarded, plural
 
 PAGE_SIZES = [10, 20, 50]
 
@@ -29,7 +29,7 @@ def render() -> None:
         return
 
     st.caption(
-        f"{history.total} predictions, newest first · showing {history.first_row}–"
+        f"{plural(history.total, 'prediction')}, newest first · showing {history.first_row}–"
         f"{history.last_row} · times in {settings.high_score_tz}"
     )
     st.dataframe(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import streamlit as st
 
 from digit_predictor.web import charts, data, resources
 from digit_predictor.web.ui import db_unavailable_message, guarded
+
+DAYS = 30
 
 
 def _percent(value: float | None) -> str:
@@ -16,7 +20,7 @@ def render() -> None:
     st.title("Statistics")
     settings = resources.settings()
     try:
-        stats = data.load_statistics(resources.database(), settings.tz)
+        stats = data.load_statistics(resources.database(), settings.tz, days=DAYS)
     except data.DatabaseUnavailable:
         st.warning(db_unavailable_message("Statistics"), icon=":material/cloud_off:")
         st.button("Try again", key="statistics-retry")
@@ -44,8 +48,11 @@ def render() -> None:
         else:
             st.caption("Appears once people say whether predictions were right.")
         st.subheader("Predictions per day")
-        st.caption(f"Last 30 days, in {settings.high_score_tz}.")
-        st.altair_chart(charts.per_day_chart(stats.per_day), width="stretch")
+        st.caption(f"The last {DAYS} days, in {settings.high_score_tz}.")
+        today = datetime.now(settings.tz).date()
+        st.altair_chart(
+            charts.per_day_chart(stats.per_day, days=DAYS, today=today), width="stretch"
+        )
     with right:
         st.subheader("Confusion matrix")
         if stats.feedback_count:
