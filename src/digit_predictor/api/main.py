@@ -7,6 +7,7 @@ queue) without requiring it to be up, and on shutdown flushes queued rows.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -41,8 +42,19 @@ Draw a digit, get the CNN's answer. Every prediction is stored in PostgreSQL wit
 FLUSH_TIMEOUT_S = 5.0
 
 
+def configure_torch() -> None:
+    """One intra-op thread per inference unless OMP_NUM_THREADS says otherwise.
+
+    Concurrency comes from the thread pool (one request per thread); intra-op threads on top
+    oversubscribe the cores and spin between requests (measured: see docs/api.md).
+    """
+    if not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(1)
+
+
 def build_services(settings: Settings, metrics: Metrics) -> Services:
     """Blocking start-up work (run in a worker thread by the lifespan)."""
+    configure_torch()
     classifier = Classifier.load(settings.model_path)
     classifier.warm_up()
     metrics.model_info.labels(version=classifier.version).set(1)

@@ -1,0 +1,284 @@
+"""Latency and throughput of the api over HTTP, with the in-process floor for the same drawings.
+
+    python scripts/bench_api.py                      # starts PostgreSQL (throwaway) and the api
+    python scripts/bench_api.py --database-url URL   # uses that database (rows are added to it)
+    python scripts/bench_api.py --url http://host:8000 [--api-key KEY]   # an api already running
+
+One run prints, for concurrency 1, 8 and 32: p50/p95/p99 latency and throughput of
+`POST /v1/predictions` (a real uvicorn process, request logging on, every row written to
+PostgreSQL, loopback), the api process's CPU time per request when it runs here, and the
+in-process decode+preprocess+model time for the same drawings as the floor.
+
+The load generator is a minimal keep-alive HTTP/1.1 client on asyncio with the request bytes
+prepared up front, so that on a small machine the client takes as little CPU from the api as
+possible. Drawings are 64 synthetic canvas drawings (digit_predictor.ml.canvas), RGBA PNGs as
+the web app sends them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for tests.servers
+
+from digit_predictor.config import DEFAULT_MODEL_PATH  # noqa: E402
+from digit_predictor.ml.canvas import pen_digit, to_png  # noqa: E402
+from digit_predictor.ml.inference import Classifier  # noqa: E402
+from digit_predictor.ml.preprocess import preprocess_bytes  # noqa: E402
+from tests.servers import ApiServer, api_env, free_port, start_api  # noqa: E402
+
+BOUNDARY = "benchboundary7f3a"
+
+
+@dataclass
+class Level:
+    concurrency: int
+    requests: int
+    wall_s: float
+    latencies_ms: list[float]
+    errors: dict[int, int]
+    server_cpu_ms: float | None
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.wall_s
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def drawings(count: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    return [to_png(pen_digit(i % 10, rng), "alpha") for i in range(count)]
+
+
+def request_bytes(host: str, png: bytes, api_key: str | None) -> bytes:
+    body = (
+        (
+            f"--{BOUNDARY}\r\n"
+            'Content-Disposition: form-data; name="image"; filename="drawing.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png
+        + (
+            f'\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name="source"\r\n\r\n'
+            f"bench\r\n--{BOUNDARY}--\r\n"
+        ).encode()
+    )
+    head = (
+        f"POST /v1/predictions HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        + (f"X-API-Key: {api_key}\r\n" if api_key else "")
+        + "\r\n"
+    )
+    return head.encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return status
+
+
+async def load(
+    host: str, port: int, payloads: list[bytes], total: int, concurrency: int
+) -> tuple[float, list[float], dict[int, int]]:
+    latencies: list[float] = []
+    errors: dict[int, int] = {}
+    counter = iter(range(total))
+
+    async def worker(offset: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for i in counter:
+                payload = payloads[(i + offset) % len(payloads)]
+                started = time.perf_counter()
+                writer.write(payload)
+                status = await read_response(reader)
+                latencies.append((time.perf_counter() - started) * 1000.0)
+                if status != 201:
+                    errors[status] = errors.get(status, 0) + 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(w * 7) for w in range(concurrency)))
+    return time.perf_counter() - started, latencies, errors
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def run_level(
+    url: str, payloads: list[bytes], requests: int, concurrency: int, pid: int | None
+) -> Level:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    asyncio.run(load(host, port, payloads, max(2 * concurrency, 20), concurrency))  # warm-up
+    cpu_before = cpu_seconds(pid)
+    wall, latencies, errors = asyncio.run(load(host, port, payloads, requests, concurrency))
+    cpu_after = cpu_seconds(pid)
+    server_cpu = (
+        (cpu_after - cpu_before) / requests * 1000.0
+        if cpu_before is not None and cpu_after is not None
+        else None
+    )
+    return Level(concurrency, requests, wall, latencies, errors, server_cpu)
+
+
+def floor(model_path: Path, images: list[bytes], rounds: int) -> tuple[list[float], float]:
+    """In-process decode + preprocess + model, one drawing at a time, one intra-op thread."""
+    torch.set_num_threads(1)
+    classifier = Classifier.load(model_path)
+    classifier.warm_up()
+    times: list[float] = []
+    started = time.perf_counter()
+    for _ in range(rounds):
+        for data in images:
+            t = time.perf_counter()
+            classifier.predict_proba(preprocess_bytes(data).tensor.unsqueeze(0))
+            times.append((time.perf_counter() - t) * 1000.0)
+    return times, len(times) / (time.perf_counter() - started)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs visible, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+@contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    script = ROOT / "scripts" / "pg_cluster.sh"
+    parent = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    parent.chmod(0o755)
+    data_dir = parent / "cluster"
+    out = subprocess.run(
+        [str(script), "start", str(data_dir), str(free_port())],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    try:
+        yield out.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([str(script), "destroy", str(data_dir)], check=False)
+        parent.rmdir()
+
+
+@contextmanager
+def local_api(args: argparse.Namespace) -> Iterator[ApiServer]:
+    database_url = args.database_url or os.environ.get("DATABASE_URL")
+    with throwaway_postgres() if not database_url else _given(database_url) as url:
+        env = api_env(url, args.model_path)
+        if args.api_key:
+            env["API_KEY"] = args.api_key
+        server = start_api(env, ready_path="/readyz", log_dir=args.log_dir)
+        try:
+            yield server
+        finally:
+            server.cleanup()
+
+
+@contextmanager
+def _given(url: str) -> Iterator[str]:
+    yield url
+
+
+def report(levels: list[Level], floor_ms: list[float], floor_rps: float, label: str) -> None:
+    print(f"\nmachine: {machine()}")
+    print(f"load average during the run: {label}\n")
+    print("| what | concurrency | requests | p50 ms | p95 ms | p99 ms | req/s | api CPU ms/req |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for lv in levels:
+        cpu = f"{lv.server_cpu_ms:.1f}" if lv.server_cpu_ms is not None else "n/a"
+        print(
+            f"| HTTP POST /v1/predictions | {lv.concurrency} | {lv.requests} | "
+            f"{percentile(lv.latencies_ms, 50):.1f} | {percentile(lv.latencies_ms, 95):.1f} | "
+            f"{percentile(lv.latencies_ms, 99):.1f} | {lv.throughput:.0f} | {cpu} |"
+        )
+    print(
+        f"| in-process floor (decode+preprocess+model) | 1 | {len(floor_ms)} | "
+        f"{percentile(floor_ms, 50):.1f} | {percentile(floor_ms, 95):.1f} | "
+        f"{percentile(floor_ms, 99):.1f} | {floor_rps:.0f} | |"
+    )
+    failed = {lv.concurrency: lv.errors for lv in levels if lv.errors}
+    if failed:
+        print(f"\nnon-201 answers by concurrency: {failed}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="an api already running (else one is started here)")
+    parser.add_argument("--database-url", help="PostgreSQL for the started api")
+    parser.add_argument("--model-path", type=Path, default=DEFAULT_MODEL_PATH)
+    parser.add_argument("--api-key", default=os.environ.get("API_KEY"))
+    parser.add_argument("--requests", type=int, default=600, help="per concurrency level")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--floor-rounds", type=int, default=5)
+    parser.add_argument("--log-dir", help="keep the started api's log here")
+    args = parser.parse_args()
+
+    images = drawings(64)
+    levels_wanted = [int(c) for c in args.concurrency.split(",")]
+    host = urlsplit(args.url).netloc if args.url else "127.0.0.1"
+    payloads = [request_bytes(host, png, args.api_key) for png in images]
+    load_before = os.getloadavg()[0]
+    levels: list[Level] = []
+    if args.url:
+        for conc in levels_wanted:
+            levels.append(run_level(args.url, payloads, args.requests, conc, None))
+    else:
+        with local_api(args) as api:
+            payloads = [request_bytes(f"127.0.0.1:{api.port}", png, args.api_key) for png in images]
+            for conc in levels_wanted:
+                levels.append(run_level(api.url, payloads, args.requests, conc, api.process.pid))
+    floor_ms, floor_rps = floor(args.model_path, images, args.floor_rounds)
+    load_after = os.getloadavg()[0]
+    report(levels, floor_ms, floor_rps, f"{load_before:.1f} at start, {load_after:.1f} at end")
+    return 1 if any(lv.errors for lv in levels) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
