@@ -231,16 +231,32 @@ inside() {
         echo "API_KEY=$api_key"
         echo "DEBUG=false"
     } >"$state/env"
-    compose=(docker-compose --project-name "$project" --project-directory "$repo"
-        --env-file "$state/env" -f "$repo/docker-compose.yml" -f "$repo/docker-compose.hostnet.yml")
+    # docker-compose.yml + docker-compose.hostnet.yml, merged; then the published ports dropped
+    # (docker-compose 1.29 refuses them on host networking, where they mean nothing anyway).
+    # Refuse to go on unless every service is on host networking and no network is declared.
+    docker-compose --project-name "$project" --project-directory "$repo" --env-file "$state/env" \
+        -f "$repo/docker-compose.yml" -f "$repo/docker-compose.hostnet.yml" config >"$state/compose.yml"
+    "$repo/.venv/bin/python" - "$state/compose.yml" <<'PY' || die "the merged file is not host-only"
+import sys
 
-    # Refuse to go on unless every service of the merged file is on host networking.
-    local merged services modes
-    merged=$("${compose[@]}" config)
-    services=$("${compose[@]}" config --services | wc -l)
-    modes=$(grep -c '^    network_mode: host$' <<<"$merged" || true)
-    [ "$services" = "$modes" ] || die "$modes of $services services on host networking"
-    grep -q -E '^networks:' <<<"$merged" && die "the merged compose file declares networks"
+import yaml
+
+path = sys.argv[1]
+with open(path) as f:
+    config = yaml.safe_load(f)
+assert "networks" not in config, "networks declared"
+for name, service in config["services"].items():
+    assert service.get("network_mode") == "host", f"{name} is not on host networking"
+    assert "networks" not in service, f"{name} joins a network"
+    if "build" in service:
+        assert service["build"].get("network") == "host", f"{name} builds off host networking"
+    service.pop("ports", None)
+with open(path, "w") as f:
+    yaml.safe_dump(config, f, sort_keys=False)
+print(f"{len(config['services'])} services, all on host networking, no networks")
+PY
+    compose=(docker-compose --project-name "$project" --project-directory "$repo"
+        --env-file "$state/env" -f "$state/compose.yml")
 
     local index=http://127.0.0.1:$index_port/simple/
     log "building images (build network: host; pip index $index)"
