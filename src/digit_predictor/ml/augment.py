@@ -32,7 +32,7 @@ class AugmentConfig:
     elastic_grid: int = 3  # coarse control grid of the smooth displacement field
     thicken_max: int = 2  # half-pixels of dilation at most (at 2x resolution: pixels)
     thin_prob: float = 0.2  # chance of eroding by one half-pixel instead
-    prob: float = 0.8  # share of each batch that is augmented; the rest stays clean MNIST
+    prob: float = 0.7  # share of each batch that is augmented; the rest stays clean MNIST
 
 
 def augment_batch(
