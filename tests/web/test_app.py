@@ -329,3 +329,34 @@ def test_high_score_time_is_local(page: Page, stub: StubApi, db: Database) -> No
     assert at.metric[0].value == "97.0%"
     assert f"an 8, at {created:%H:%M} ({TZ})" in _texts(at)
     assert created.date() == datetime.now(ZoneInfo(TZ)).date()
+
+
+def test_feedback_with_the_database_down_says_so(
+    page: Page, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running_stub() as api:
+        _configure(monkeypatch, api_url=api.url, database_url="postgresql://x@127.0.0.1:1/none")
+        api.queue(Reply(201, prediction_body(digit=5, confidence=0.8, id=41)))
+        page.drawing = Drawing(canvas_png(SEVEN), strokes=3)
+        at = _app().run()
+        at.button(key="predict").click().run()
+        at.button(key="right-41").click().run()
+        assert len(at.error) == 1
+        assert "could not be saved: the database cannot be reached" in at.error[0].value
+        _no_failure(at)
+
+
+def test_an_unexpected_error_while_saving_feedback_is_a_message(
+    page: Page, stub: StubApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug nobody foresaw")
+
+    monkeypatch.setattr(data, "save_feedback", broken)
+    stub.queue(Reply(201, prediction_body(digit=5, confidence=0.8, id=41)))
+    page.drawing = Drawing(canvas_png(SEVEN), strokes=3)
+    at = _app().run()
+    at.button(key="predict").click().run()
+    at.button(key="right-41").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [ui.UNEXPECTED]

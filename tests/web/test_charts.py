@@ -44,5 +44,6 @@ def test_per_day_chart_fills_the_window_with_zeros() -> None:
     frame = charts.per_day_frame(per_day, days=5, today=date(2026, 11, 21))
     assert [d.date() for d in frame["day"]] == [date(2026, 11, d) for d in range(17, 22)]
     assert frame["predictions"].tolist() == [0, 4, 0, 9, 0]
+    assert frame["label"].tolist()[-1] == "Nov 21"
     chart = charts.per_day_chart(per_day, days=5, today=date(2026, 11, 21))
     assert chart.to_dict()["mark"]["type"] == "bar"

@@ -3,9 +3,10 @@
     with web_server({"API_URL": api.url, "DATABASE_URL": url}) as web:
         page.goto(web.url)
 
-Like tests/servers.py for the api: an empty working directory (no developer `.env`), the app
-settings given in `env` and none inherited, output to a log file, ready once
-`/_stcore/health` answers.
+Like tests/servers.py for the api: a working directory of its own (no developer `.env`) that
+holds only a link to src/, so the script path is the same relative `src/digit_predictor/web/app.py`
+the containers use; the app settings given in `env` and none inherited; output to a log file;
+ready once `/_stcore/health` answers.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import httpx
 from tests.servers import APP_SETTINGS, ServerFailed, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-APP = ROOT / "src" / "digit_predictor" / "web" / "app.py"
+APP = "src/digit_predictor/web/app.py"  # relative, as in Dockerfile.web and scripts/dev.sh
 
 
 @dataclass
@@ -76,6 +77,7 @@ def start_web(
     base = {k: v for k, v in os.environ.items() if k not in APP_SETTINGS}
     full_env = {**base, **env, "PYTHONUNBUFFERED": "1"}
     workdir = tempfile.TemporaryDirectory(prefix="digit-web-")
+    (Path(workdir.name) / "src").symlink_to(ROOT / "src", target_is_directory=True)
     log_path = Path(log_dir or workdir.name) / f"web-{time.time_ns()}.log"
     port = free_port()
     with log_path.open("wb") as log_file:
@@ -85,7 +87,7 @@ def start_web(
                 "-m",
                 "streamlit",
                 "run",
-                str(APP),
+                APP,
                 "--server.port",
                 str(port),
                 "--server.address",

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 from pydantic import ValidationError
 
 from digit_predictor.web import resources
-
-HERE = Path(__file__).parent
 
 st.set_page_config(page_title="Digit Predictor", page_icon="✍️", layout="wide")
 # A traceback never reaches the browser, even from an error nobody foresaw.
@@ -23,9 +19,10 @@ except ValidationError as exc:
     st.error(f"The web app is misconfigured: {problems}. Fix the environment and restart it.")
     st.stop()
 
+# Page paths are relative to this script, wherever it is run from.
 pages = [
-    st.Page(HERE / "views" / "draw.py", title="Draw", icon=":material/draw:", default=True),
-    st.Page(HERE / "views" / "history.py", title="History", icon=":material/history:"),
-    st.Page(HERE / "views" / "statistics.py", title="Statistics", icon=":material/bar_chart:"),
+    st.Page("views/draw.py", title="Draw", icon=":material/draw:", default=True),
+    st.Page("views/history.py", title="History", icon=":material/history:"),
+    st.Page("views/statistics.py", title="Statistics", icon=":material/bar_chart:"),
 ]
 st.navigation(pages).run()

@@ -138,19 +138,24 @@ def per_day_frame(per_day: Sequence[tuple[date, int]], *, days: int, today: date
     return pd.DataFrame(
         {
             "day": [pd.Timestamp(d) for d in window],
+            "label": [f"{d:%b} {d.day}" for d in window],
             "predictions": [counts.get(d, 0) for d in window],
         }
     )
 
 
 def per_day_chart(per_day: Sequence[tuple[date, int]], *, days: int, today: date) -> alt.Chart:
+    """A bar a day (ordinal, so a single day still gets a proper bar)."""
     frame = per_day_frame(per_day, days=days, today=today)
     chart: alt.Chart = (
         alt.Chart(frame, height=220)
-        .mark_bar(color=MUTED, width=alt.RelativeBandSize(0.8))
+        .mark_bar(color=MUTED)
         .encode(
             x=alt.X(
-                "yearmonthdate(day):T", title="day", axis=alt.Axis(format="%b %d", labelAngle=0)
+                "label:O",
+                title="day",
+                sort=None,
+                axis=alt.Axis(labelAngle=0, labelOverlap="greedy"),
             ),
             y=alt.Y("predictions:Q", title="predictions", axis=alt.Axis(tickMinStep=1, format="d")),
             tooltip=[alt.Tooltip("day:T", format="%Y-%m-%d"), "predictions:Q"],

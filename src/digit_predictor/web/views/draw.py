@@ -9,7 +9,7 @@ import streamlit as st
 from digit_predictor.web import actions, canvas, charts, data, images, resources
 from digit_predictor.web.actions import HighScoreState, Outcome
 from digit_predictor.web.api_client import PredictionResult
-from digit_predictor.web.ui import a_digit, guarded, log
+from digit_predictor.web.ui import UNEXPECTED, a_digit, guarded, log
 
 DIGITS = list(range(10))
 
@@ -50,6 +50,10 @@ def _save_answer(prediction_id: int, true_digit: int | None) -> None:
         return
     except data.PredictionNotFound:
         state.feedback_note = ("error", "This prediction is no longer in the database.")
+        return
+    except Exception:  # a callback runs outside the page's guard: never let a traceback out
+        log.exception("saving feedback failed")
+        state.feedback_note = ("error", UNEXPECTED)
         return
     state.answers[prediction_id] = true_digit
     state.feedback_note = ("success", f"Thank you! Saved: it was {a_digit(true_digit)}.")
