@@ -11,6 +11,7 @@ Two kinds, both sent through a PNG round trip like the real app:
 from __future__ import annotations
 
 import io
+import itertools
 import math
 from collections.abc import Callable
 
@@ -19,10 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from digit_predictor.ml.preprocess import stroke_width
-
 CANVAS = 280
-MNIST_STROKE_IN_BOX = 2.6  # median MNIST stroke width, in pixels of its 20-pixel box
 
 Point = tuple[float, float]
 Stroke = list[Point]
@@ -51,33 +49,33 @@ def to_png(ink: np.ndarray, style: str = "alpha") -> bytes:
     return buffer.getvalue()
 
 
-def _grey_morph(ink: np.ndarray, radius: int) -> np.ndarray:
-    """Dilate (radius > 0) or erode (radius < 0) with a square, separably."""
-    if radius == 0:
-        return ink
-    sign = 1.0 if radius > 0 else -1.0
-    k = 2 * abs(radius) + 1
-    t = torch.from_numpy(np.ascontiguousarray(ink, dtype=np.float32))[None, None] * sign
-    t = F.max_pool2d(t, (1, k), stride=1, padding=(0, abs(radius)))
-    t = F.max_pool2d(t, (k, 1), stride=1, padding=(abs(radius), 0))
-    return np.asarray((t * sign)[0, 0].numpy(), dtype=np.float32)
-
-
-def _soften(binary: np.ndarray) -> np.ndarray:
-    """Anti-aliased edges, as a browser canvas draws them."""
-    t = torch.from_numpy(binary.astype(np.float32))[None, None]
-    return np.asarray(F.avg_pool2d(t, 3, stride=1, padding=1)[0, 0].numpy(), dtype=np.float32)
-
-
-def _place(shape: np.ndarray, rng: np.random.Generator, canvas: int = CANVAS) -> np.ndarray:
-    """Put a drawn digit somewhere random on an empty canvas (it may touch the edges)."""
-    height, width = shape.shape
-    height, width = min(height, canvas), min(width, canvas)
-    top = int(rng.integers(0, canvas - height + 1))
-    left = int(rng.integers(0, canvas - width + 1))
-    out = np.zeros((canvas, canvas), dtype=np.float32)
-    out[top : top + height, left : left + width] = shape[:height, :width]
-    return out
+def thin(binary: np.ndarray) -> np.ndarray:
+    """Zhang-Suen thinning: the one-pixel centre line of a binary shape (vectorised)."""
+    img = np.pad(binary.astype(np.uint8), 1)
+    while True:
+        changed = False
+        for step in (0, 1):
+            p = np.pad(img, 1)
+            p2, p3, p4 = p[:-2, 1:-1], p[:-2, 2:], p[1:-1, 2:]
+            p5, p6, p7 = p[2:, 2:], p[2:, 1:-1], p[2:, :-2]
+            p8, p9 = p[1:-1, :-2], p[:-2, :-2]
+            ring = [p2, p3, p4, p5, p6, p7, p8, p9, p2]
+            neighbours = sum(r.astype(np.int16) for r in ring[:8])
+            transitions = sum(
+                ((a == 0) & (b == 1)).astype(np.int16) for a, b in itertools.pairwise(ring)
+            )
+            if step == 0:
+                keep_shape = (p2 * p4 * p6 == 0) & (p4 * p6 * p8 == 0)
+            else:
+                keep_shape = (p2 * p4 * p8 == 0) & (p2 * p6 * p8 == 0)
+            remove = (
+                (img == 1) & (neighbours >= 2) & (neighbours <= 6) & (transitions == 1) & keep_shape
+            )
+            if remove.any():
+                img[remove] = 0
+                changed = True
+        if not changed:
+            return img[1:-1, 1:-1].astype(bool)
 
 
 def redraw_digit(
@@ -86,35 +84,39 @@ def redraw_digit(
     height_share: tuple[float, float] = (0.3, 0.9),
     brush: tuple[float, float] = (8.0, 36.0),
 ) -> np.ndarray:
-    """An MNIST digit (uint8 28x28) redrawn as a uniform-width stroke on a 280x280 canvas."""
+    """An MNIST digit (uint8 28x28) redrawn on a 280x280 canvas the way a person would draw it:
+    its centre line traced with a round brush of uniform width, at a random size and place."""
     ink = digit.astype(np.float32) / 255.0
     rows = np.flatnonzero((ink > 0.2).any(axis=1))
     cols = np.flatnonzero((ink > 0.2).any(axis=0))
     crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    target_h = rng.uniform(*height_share) * CANVAS
-    factor = target_h / crop.shape[0]
-    if crop.shape[1] * factor > CANVAS * 0.95:
-        factor = CANVAS * 0.95 / crop.shape[1]
-    size = (max(1, round(crop.shape[0] * factor)), max(1, round(crop.shape[1] * factor)))
+    up = 4
+    size = (crop.shape[0] * up, crop.shape[1] * up)
     big = F.interpolate(
         torch.from_numpy(np.ascontiguousarray(crop))[None, None], size=size, mode="bicubic"
     )[0, 0].numpy()
-    shape = (big > 0.45).astype(np.float32)
-    wanted = rng.uniform(*brush)
-    radius = round((wanted - stroke_width(shape)) / 2.0)
-    # Never erode a stroke away: keep at least a 3-pixel line.
-    radius = max(radius, -int(max(stroke_width(shape) - 3.0, 0.0) // 2))
-    pad = max(radius, 0) + 1
-    shape = _grey_morph(np.pad(shape, pad), radius)
-    return _soften(_place(_trim(shape), rng))
-
-
-def _trim(ink: np.ndarray) -> np.ndarray:
-    rows = np.flatnonzero((ink > 0).any(axis=1))
-    cols = np.flatnonzero((ink > 0).any(axis=0))
-    if rows.size == 0:
-        return ink
-    return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    ys, xs = np.nonzero(thin(big > 0.45))
+    if ys.size == 0:
+        ys, xs = np.nonzero(big > 0.45)
+    target_h = rng.uniform(*height_share) * CANVAS
+    width = min(float(rng.uniform(*brush)), 0.25 * target_h)
+    scale = (target_h - width) / max(float(ys.max() - ys.min()), 1.0)
+    span_x = float(xs.max() - xs.min()) * scale + width
+    if span_x > CANVAS - 2:
+        scale *= (CANVAS - 2 - width) / (span_x - width)
+    span_x = float(xs.max() - xs.min()) * scale + width
+    span_y = float(ys.max() - ys.min()) * scale + width
+    off_x = rng.uniform(0, CANVAS - span_x) + width / 2 - float(xs.min()) * scale
+    off_y = rng.uniform(0, CANVAS - span_y) + width / 2 - float(ys.min()) * scale
+    sup = 2  # supersampled, then shrunk: anti-aliased edges like a browser canvas
+    img = Image.new("L", (CANVAS * sup, CANVAS * sup), 0)
+    draw = ImageDraw.Draw(img)
+    radius = width * sup / 2
+    for y, x in zip(ys, xs, strict=True):
+        cx, cy = (x * scale + off_x) * sup, (y * scale + off_y) * sup
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=255)
+    img = img.resize((CANVAS, CANVAS), Image.Resampling.BOX)
+    return np.asarray(img, dtype=np.float32) / 255.0
 
 
 # --- pen-stroke digits ------------------------------------------------------------------------
