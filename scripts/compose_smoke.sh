@@ -193,6 +193,7 @@ wait_healthy() {
 
 inside() {
     trap teardown EXIT
+    trap 'exit 130' INT TERM  # so that teardown runs on Ctrl-C or kill too
     ip link set lo up
     networks_are_safe || die "the namespace is not loopback-only"
     rm -rf "$state"
@@ -318,6 +319,21 @@ PY
     done
     [ -n "$row" ] || die "no row $id in predictions"
     log "row: $row"
+
+    log "backup and restore through compose (scripts/backup_db.sh --compose, restore_db.sh --compose)"
+    export COMPOSE_FILE=$state/compose.yml COMPOSE_PROJECT_NAME=$project
+    "$repo/scripts/backup_db.sh" --compose "$state/backups"
+    local dump
+    dump=$(find "$state/backups" -name 'digits-*.dump' | head -n 1)
+    [ -s "$dump" ] || die "no dump written"
+    "${compose[@]}" exec -T db psql -q -U digits -d digits -c "DELETE FROM predictions"
+    "$repo/scripts/restore_db.sh" --compose --yes "$dump"
+    wait_healthy api
+    wait_healthy web
+    row=$("${compose[@]}" exec -T db psql -U digits -d digits -tA -c \
+        "SELECT id, predicted_digit FROM predictions WHERE id = $id")
+    [ -n "$row" ] || die "row $id did not come back from the dump"
+    log "row $id is back after the restore: $row"
 
     log "restart: the stack comes back healthy with its data"
     "${compose[@]}" restart db api web
