@@ -11,12 +11,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
+from digit_predictor.config import DEFAULT_MODEL_PATH
 from digit_predictor.db import Database, queries
+from digit_predictor.ml.canvas import pen_digit, to_png
 from tests.api import drawings
-from tests.servers import ApiServer
+from tests.servers import ApiServer, api_env, api_server
 
 
 def post_drawing(
@@ -290,3 +293,15 @@ def test_unknown_paths_share_one_metrics_label(client: httpx.Client) -> None:
     text = client.get("/metrics").text
     assert "/no/such/path" not in text
     assert 'route="<unmatched>"' in text
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL_PATH.exists(), reason="no shipped model in model/saved_model")
+def test_the_shipped_model_reads_canvas_drawings(database_url: str) -> None:
+    rng = np.random.default_rng(7)
+    samples = [(d, to_png(pen_digit(d, rng), "alpha")) for d in list(range(10)) * 2]
+    card = json.loads((DEFAULT_MODEL_PATH.parent / "model_card.json").read_text())
+    with api_server(api_env(database_url, DEFAULT_MODEL_PATH)) as api, api.client() as http:
+        assert http.get("/v1/model").json()["version"] == card["version"]
+        answers = [post_drawing(http, png).json()["digit"] for _, png in samples]
+    correct = sum(answer == digit for (digit, _), answer in zip(samples, answers, strict=True))
+    assert correct >= 16, answers

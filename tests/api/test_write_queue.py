@@ -94,6 +94,19 @@ def test_a_full_queue_refuses_and_counts() -> None:
     assert metric(metrics, "digit_api_db_write_queue_full_total") == 1
 
 
+def test_the_queue_is_bounded_in_bytes_too() -> None:
+    writer = FlakyWriter()
+    writer.down.set()
+    metrics = Metrics()
+    size = len(row(1).image_data)
+    queue = WriteQueue(writer, maxsize=100, metrics=metrics, max_bytes=2 * size)
+    queue.put(row(1))
+    queue.put(row(2))
+    with pytest.raises(QueueFull, match="bytes"):
+        queue.put(row(3))
+    assert metric(metrics, "digit_api_db_write_queue_full_total") == 1
+
+
 def test_a_row_the_database_refuses_is_dropped_visibly_not_retried_forever() -> None:
     writer = FlakyWriter(error=psycopg2.DataError("value out of range"))
     writer.down.set()

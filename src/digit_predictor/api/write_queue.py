@@ -43,6 +43,11 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# Rows carry their drawing: bound the bytes too, or 10,000 hostile 1 MiB uploads during an outage
+# would hold 10 GB. Drawings from the canvas are a few kB, so this rarely binds before the count.
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+
+
 class QueueFull(RuntimeError):
     """The database is unavailable and the write queue holds as many rows as it may."""
 
@@ -56,11 +61,14 @@ class WriteQueue:
         *,
         maxsize: int,
         metrics: Metrics,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 5.0,
     ) -> None:
         self._write = write
         self.maxsize = maxsize
+        self.max_bytes = max_bytes
+        self._bytes = 0
         self._metrics = metrics
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
@@ -86,13 +94,17 @@ class WriteQueue:
         with self._cond:
             if self._closing:
                 raise QueueFull("the api is shutting down")
-            if len(self._items) >= self.maxsize:
+            size = len(row.image_data)
+            if len(self._items) >= self.maxsize or self._bytes + size > self.max_bytes:
                 self._metrics.queue_full.inc()
                 self._log_full()
-                raise QueueFull(f"the write queue is full ({self.maxsize} rows)")
+                raise QueueFull(
+                    f"the write queue is full ({len(self._items)} rows, {self._bytes} bytes)"
+                )
             if not self._items:
                 log.warning("database unavailable: queueing prediction rows until it is back")
             self._items.append(row)
+            self._bytes += size
             self._metrics.queued_writes.inc()
             self._cond.notify()
 
@@ -103,7 +115,11 @@ class WriteQueue:
         if now - self._last_full_log >= 5.0:
             log.error(
                 "write queue full: refusing predictions until the database is back",
-                extra={"queue_size": self.maxsize, "refused": self._refused_since_log},
+                extra={
+                    "queued": len(self._items),
+                    "queued_bytes": self._bytes,
+                    "refused": self._refused_since_log,
+                },
             )
             self._last_full_log = now
             self._refused_since_log = 0
@@ -171,7 +187,8 @@ class WriteQueue:
 
     def _pop(self) -> int:
         with self._cond:
-            self._items.popleft()
+            row = self._items.popleft()
+            self._bytes -= len(row.image_data)
             return len(self._items)
 
 
