@@ -273,6 +273,13 @@ def test_history_lists_predictions_newest_first_and_pages(stub: StubApi, db: Dat
     assert at.dataframe[0].value["ID"].tolist() == list(reversed(ids))[20:]
     assert "showing 21–23" in _texts(at)
 
+    # Fewer, larger pages while on page 2: the last page that exists is shown.
+    at.selectbox(key="history_page_size").set_value(50).run()
+    _no_failure(at)
+    assert len(at.dataframe[0].value) == 23
+    assert "showing 1–23" in _texts(at)
+    assert at.get("pagination")[0].value == 1
+
 
 def test_history_and_statistics_of_an_empty_database(stub: StubApi, db: Database) -> None:
     at = _app().run()

@@ -10,6 +10,7 @@ and predicts again. Screenshots go to .artifacts/screenshots/; click-to-result t
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import statistics
@@ -136,7 +137,7 @@ def page(stack: dict[str, Any]) -> Iterator[Any]:
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1200})
+        context = browser.new_context(viewport={"width": 1400, "height": 1200}, has_touch=True)
         pg = context.new_page()
         pg.set_default_timeout(UI_TIMEOUT_MS)
         try:
@@ -176,6 +177,28 @@ def _draw(page: Any, strokes: list[Stroke]) -> None:
         page.mouse.up()
         page.wait_for_timeout(60)
     _wait_idle(page)  # the canvas sends the drawing on mouse-up
+
+
+def _touch_draw(page: Any, strokes: list[Stroke]) -> None:
+    """Draw with a finger: real touch events through the DevTools protocol."""
+    canvas = page.locator("canvas.upper-canvas")
+    box = canvas.bounding_box()
+    assert box is not None
+    cdp = page.context.new_cdp_session(page)
+
+    def touch(kind: str, x: float | None = None, y: float | None = None) -> None:
+        points = [] if x is None else [{"x": box["x"] + x, "y": box["y"] + y}]
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+
+    for stroke in strokes:
+        touch("touchStart", *stroke[0])
+        for (x0, y0), (x1, y1) in itertools.pairwise(stroke):
+            for i in range(1, 9):
+                touch("touchMove", x0 + (x1 - x0) * i / 8, y0 + (y1 - y0) * i / 8)
+        touch("touchEnd")
+        page.wait_for_timeout(60)
+    cdp.detach()
+    _wait_idle(page)
 
 
 def _predict(page: Any) -> tuple[int, float]:
@@ -350,4 +373,16 @@ def _scenario(stack: dict[str, Any], page: Any) -> None:
         assert shown == 1
     print(f"click-to-result after the api restart: {recovered_ms:.0f} ms")
     page.screenshot(path=str(SCREENSHOTS / "draw-api-back.png"))
+    _no_traceback(page)
+
+    # A finger works as well as a mouse.
+    page.get_by_role("button", name="Clear", exact=True).click()
+    page.locator(".predicted-digit").wait_for(state="detached")
+    _wait_idle(page)
+    _touch_draw(page, DIGITS[7])
+    shown, _ = _predict(page)
+    assert _latest_row(database_url)[1] == shown
+    if stack["trained"]:
+        assert shown == 7
+    page.screenshot(path=str(SCREENSHOTS / "draw-touch.png"))
     _no_traceback(page)

@@ -167,13 +167,16 @@ def render() -> None:
                 log.info("predicted %s", outcome.result.digit)
                 state.high_score.invalidate()
     with right:
-        _show_high_score(state)
+        # Filled last: the result reaches the browser before the high score query runs.
+        high_score_slot = st.container()
         _show_outcome(state.outcome)
         if state.result is not None:
             _show_result(state.result)
             _show_feedback(state, state.result)
         elif state.outcome is None:
             st.info("Your prediction appears here.", icon=":material/arrow_back:")
+        with high_score_slot:
+            _show_high_score(state)
 
 
 guarded(render)
