@@ -54,7 +54,8 @@ def _configure(monkeypatch: pytest.MonkeyPatch, *, api_url: str, database_url: s
 
 
 @pytest.fixture(autouse=True)
-def _fresh_caches() -> Iterator[None]:
+def _fresh_caches(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    monkeypatch.chdir(tmp_path)  # no developer `.env` (read from the working directory) leaks in
     yield
     get_settings.cache_clear()
     st.cache_resource.clear()
