@@ -20,7 +20,7 @@ def tiny_config(**overrides: object) -> TrainConfig:
         "val_size": 256,
         "extra_data": False,
         "batch_size": 64,
-        "threads": 2,
+        "threads": 1,
     }
     settings.update(overrides)
     return TrainConfig(**settings)  # type: ignore[arg-type]

@@ -11,6 +11,22 @@ CARD_MD = "model_card.md"
 CURVE_PNG = "training_curve.png"
 
 
+BENCHMARKS_EXPLAINED = """\
+- *MNIST test (as published)*: the 10,000 official test digits as they are.
+- *canvas benchmark*: MNIST test digits redrawn the way a person draws on the 280x280 canvas:
+  centre line traced with a round brush 8-36 px wide, 30-90% of the canvas height, anywhere on
+  the canvas, sent as PNG (RGBA alpha ink, white-on-black or black-on-white). Scored after the
+  MNIST-faithful preprocessing, and after a plain resize of the whole canvas to 28x28 (what
+  earlier projects did) for contrast.
+- *pen-stroke digits*: digits built from pen-stroke templates with random jitter, slant, size,
+  place and brush (10-40 px), including 1 with a long upstroke and a base, 7 with a crossbar,
+  open and closed 4: a proxy for people who are not in MNIST. Never used for training.
+- *USPS test*, *optdigits windep*: real handwriting from other people and scanners, blown up
+  onto a canvas at a random size and place, PNG round trip, then the same preprocessing.
+  Only their held-out parts are scored (the training parts may be used for training).
+- A drawing the preprocessing rejects as empty counts as a mistake."""
+
+
 def write_card(out_dir: Path, card: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
@@ -33,8 +49,11 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"{card.get('device', 'cpu')} ({card.get('torch_threads', '?')} threads), "
         f"torch {card.get('torch_version', '?')}",
         f"- Input: {card.get('input', '')}",
+        f"- Evaluated with: `{card.get('evaluation_command', card.get('command', ''))}`",
         "",
         "## Results",
+        "",
+        BENCHMARKS_EXPLAINED,
         "",
         "| benchmark | accuracy | n |",
         "| --- | ---: | ---: |",

@@ -6,6 +6,7 @@ python -m digit_predictor.ml.evaluate [--weights model/saved_model/model.pt]
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -194,15 +195,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--canvas-n", type=int, default=2000, help="MNIST test digits redrawn")
     parser.add_argument("--pen-n", type=int, default=1000, help="pen-stroke digits drawn")
     parser.add_argument("--per-digit", action="store_true", help="accuracy per digit too")
+    parser.add_argument(
+        "--write-card", action="store_true", help="store these results in the model card"
+    )
     args = parser.parse_args(argv)
+    from digit_predictor.ml.card import write_card
     from digit_predictor.ml.inference import Classifier
 
     classifier = Classifier.load(args.weights)
     sets = build_benchmarks(args.data_dir, args.canvas_n, args.pen_n, progress=True)
     metrics = score(classifier.model, sets)
+    metrics["inference_ms_per_image"] = round(latency_ms(classifier.model), 3)
     print(f"model {classifier.version}")
     print_table(metrics, per_digit=args.per_digit)
-    print(f"inference: {latency_ms(classifier.model):.2f} ms per image (batch of 1, median)")
+    print(f"inference: {metrics['inference_ms_per_image']:.2f} ms per image (batch of 1, median)")
+    if args.write_card:
+        card = dict(classifier.card)
+        card["metrics"] = metrics
+        argv_list = list(sys.argv[1:] if argv is None else argv)
+        card["evaluation_command"] = shlex.join(
+            ["python", "-m", "digit_predictor.ml.evaluate", *argv_list]
+        )
+        write_card(Path(args.weights).parent, card)
+        print(f"updated the model card in {Path(args.weights).parent}", file=sys.stderr)
     return 0
 
 
