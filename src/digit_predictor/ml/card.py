@@ -9,6 +9,7 @@ from typing import Any
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
 CURVE_PNG = "training_curve.png"
+EXAMPLES_PNG = "preprocessing_examples.png"
 
 
 BENCHMARKS_EXPLAINED = """\
@@ -30,7 +31,14 @@ BENCHMARKS_EXPLAINED = """\
 def write_card(out_dir: Path, card: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    (out_dir / CARD_MD).write_text(card_markdown(card), encoding="utf-8")
+    text = card_markdown(card)
+    if (out_dir / EXAMPLES_PNG).is_file():
+        text += (
+            "## What the model sees\n\nPen-drawn canvas digits, the plain resize, and the "
+            "MNIST-faithful preprocessing, with the model's answers "
+            f"(`python scripts/plot_preprocessing.py`):\n\n![examples]({EXAMPLES_PNG})\n"
+        )
+    (out_dir / CARD_MD).write_text(text, encoding="utf-8")
 
 
 def _pct(value: Any) -> str:
