@@ -257,8 +257,8 @@ def _place_by_centre_of_mass(patch: np.ndarray) -> np.ndarray:
     com_y = float((ys * patch).sum()) / mass
     com_x = float((xs * patch).sum()) / mass
     # Keep the whole patch inside the field, even for lopsided digits.
-    top = min(max(CENTRE - com_y, 0.0), float(FIELD - height - 1))
-    left = min(max(CENTRE - com_x, 0.0), float(FIELD - width - 1))
+    top = min(max(CENTRE - com_y, 0.0), float(FIELD - height))
+    left = min(max(CENTRE - com_x, 0.0), float(FIELD - width))
     top_i, left_i = math.floor(top), math.floor(left)
     fy, fx = top - top_i, left - left_i
     field = np.zeros((FIELD + 1, FIELD + 1), dtype=np.float32)
