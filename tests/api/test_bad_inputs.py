@@ -91,6 +91,13 @@ UPLOAD_CASES: dict[str, Case] = {
     "a single dot": Case(422, "draw a digit first", upload(drawings.dot_png())),
     "source too long": Case(422, "source", upload(PNG_BYTES, source="w" * 65)),
     "source with a control character": Case(422, "source", upload(PNG_BYTES, source="we\x00b")),
+    "source that is broken UTF-8": Case(
+        422,
+        "source",
+        multipart(
+            part("image", PNG_BYTES, "d.png") + part("source", b"\xed\xa0\x80") + b"--XyZ--\r\n"
+        ),
+    ),
     "two image files": Case(
         400,
         "files",

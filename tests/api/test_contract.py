@@ -281,10 +281,12 @@ def test_one_json_log_line_per_request(api_server: ApiServer, client: httpx.Clie
     line = lines[0]
     assert line["route"] == "/v1/predictions" and line["method"] == "POST"
     assert line["status"] == 201 and line["latency_ms"] > 0
-    assert any(
-        r.get("status") == 404 and r.get("route") == "/v1/predictions/{prediction_id}"
+    refused = [
+        r
         for r in api_server.log_records()
-    )
+        if r.get("status") == 404 and r.get("route") == "/v1/predictions/{prediction_id}"
+    ]
+    assert refused and "no prediction with id 999999" in refused[-1]["error"]
 
 
 def test_unknown_paths_share_one_metrics_label(client: httpx.Client) -> None:

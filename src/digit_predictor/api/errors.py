@@ -82,12 +82,25 @@ def summarise(
     return "; ".join(messages[:5]) or "invalid request", clean
 
 
+def respond(
+    request: Request,
+    detail: str,
+    status: int,
+    *,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    # The request log line shows why a request was refused (see logs.RequestLogMiddleware).
+    request.state.error = detail
+    return JSONResponse(error_body(detail, errors), status_code=status, headers=headers)
+
+
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # The feedback route's only body is {"true_digit": N}: say so whatever was wrong with it.
     body_hint = FIELD_HINTS["true_digit"] if request.url.path.endswith("/feedback") else None
     detail, errors = summarise(exc.errors(), body_hint)
-    return JSONResponse(error_body(detail, errors), status_code=422)
+    return respond(request, detail, 422, errors=errors)
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -106,7 +119,7 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
             status, detail = 422, f"body: not readable as JSON ({FIELD_HINTS['true_digit']})"
         else:
             detail = "the request body could not be parsed; send a well-formed request"
-    return JSONResponse(error_body(detail), status_code=status, headers=headers)
+    return respond(request, detail, status, headers=headers)
 
 
 def allowed_methods(request: Request) -> list[str]:
@@ -119,14 +132,15 @@ def allowed_methods(request: Request) -> list[str]:
 
 
 async def not_found(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(error_body(f"{exc}; check the id"), status_code=404)
+    return respond(request, f"{exc}; check the id", 404)
 
 
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("database unavailable", extra={"error": str(exc)})
-    return JSONResponse(
-        error_body("the database is unavailable; try again in a few seconds"),
-        status_code=503,
+    return respond(
+        request,
+        "the database is unavailable; try again in a few seconds",
+        503,
         headers={"Retry-After": RETRY_AFTER_S},
     )
 

@@ -122,6 +122,8 @@ class RequestLogMiddleware:
                 route=route, method=method, status=str(status)
             ).observe(elapsed)
             client = scope.get("client")
+            state = scope.get("state")
+            error = state.get("error") if isinstance(state, dict) else None
             log.log(
                 logging.ERROR if status >= 500 else logging.INFO,
                 "request",
@@ -132,6 +134,7 @@ class RequestLogMiddleware:
                     "status": status,
                     "latency_ms": round(elapsed * 1000.0, 2),
                     "client": f"{client[0]}:{client[1]}" if client else None,
+                    **({"error": error} if error else {}),
                 },
             )
             request_id_var.reset(token)

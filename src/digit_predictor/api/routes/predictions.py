@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 MAX_ID = 2**63 - 1  # PostgreSQL bigint
 PredictionId = Annotated[int, Path(ge=1, le=MAX_ID, description="the prediction's id")]
-# Printable text only: control characters (NUL above all) have no place in a short label.
-SOURCE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+# Printable text only: control characters (NUL above all, and the C1 range that invalid UTF-8
+# turns into, as Starlette falls back to Latin-1) have no place in a short label.
+SOURCE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 IMAGE_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
 
 
