@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import uuid
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -112,7 +113,6 @@ def create_prediction(
         raise HTTPException(status_code=422, detail=str(exc)) from exc
     services.metrics.inference_latency.observe(outcome.latency_ms / 1000.0)
 
-    request_id = request_id_var.get()
     row = queries.NewPrediction(
         predicted_digit=outcome.digit,
         confidence=outcome.confidence,
@@ -122,7 +122,8 @@ def create_prediction(
         latency_ms=outcome.latency_ms,
         source=source or None,
         created_at=datetime.now(UTC),
-        **({"request_id": request_id} if request_id else {}),
+        # The request's id (also in its log line and X-Request-ID) identifies the row.
+        request_id=request_id_var.get() or uuid.uuid4(),
     )
     try:
         stored = services.store.save(row)
