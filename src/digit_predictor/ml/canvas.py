@@ -294,3 +294,13 @@ def pen_digit(
             draw.ellipse([x - pen / 2, y - pen / 2, x + pen / 2, y + pen / 2], fill=255)
     img = img.resize((CANVAS, CANVAS), Image.Resampling.BOX)
     return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def pen_training_digits(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pen-stroke digits through the preprocessing, as uint8 (N, 28, 28) images and labels."""
+    from digit_predictor.ml.preprocess import preprocess_ink
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(10 * per_class, dtype=np.int64) % 10
+    images = np.stack([preprocess_ink(pen_digit(int(d), rng)).image for d in labels])
+    return images, labels
