@@ -15,7 +15,7 @@ from digit_predictor.db import Database, queries
 from tests.api import drawings
 from tests.api.conftest import SMALL_QUEUE
 from tests.api.test_contract import sample
-from tests.conftest import PostgresServer
+from tests.pg import PostgresServer
 from tests.servers import CLEAN_EXIT, ApiServer, api_env, api_server
 
 pytestmark = pytest.mark.slow
