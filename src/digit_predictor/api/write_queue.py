@@ -174,7 +174,10 @@ class WriteQueue:
                     "queued write failed; retrying",
                     extra={"retry_in_s": round(backoff, 2), "queued": len(self), "error": str(exc)},
                 )
-                self._wake.wait(backoff)
+                if self._closing:  # flushing: retry often, but do not spin
+                    time.sleep(min(backoff, 0.25))
+                else:
+                    self._wake.wait(backoff)
                 backoff = min(backoff * 2.0, self._backoff_max_s)
             else:
                 self._metrics.db_writes.labels(path="queue").inc()
