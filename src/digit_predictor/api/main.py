@@ -112,15 +112,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics = Metrics()
 
-    v1 = {}
-    if settings.api_key:
-        v1 = {
-            "dependencies": [Security(require_api_key(settings.api_key))],
-            "responses": errors.error_responses(401),
-        }
-    app.include_router(predictions.upload_router, **v1)  # type: ignore[arg-type]
-    app.include_router(predictions.router, **v1)  # type: ignore[arg-type]
-    app.include_router(stats.router, **v1)  # type: ignore[arg-type]
+    # The key, when set, guards every /v1 route; the schema declares it only then.
+    key = settings.api_key
+    guard = [Security(require_api_key(key))] if key else []
+    unauthorised = errors.error_responses(401) if key else {}
+    for router in (predictions.upload_router, predictions.router, stats.router):
+        app.include_router(router, dependencies=guard, responses=unauthorised)
     app.include_router(health.router)
     errors.install(app)
 
