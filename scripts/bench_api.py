@@ -21,9 +21,8 @@ import argparse
 import asyncio
 import os
 import platform
-import subprocess
 import sys
-import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,7 +40,8 @@ from digit_predictor.config import DEFAULT_MODEL_PATH  # noqa: E402
 from digit_predictor.ml.canvas import pen_digit, to_png  # noqa: E402
 from digit_predictor.ml.inference import Classifier  # noqa: E402
 from digit_predictor.ml.preprocess import preprocess_bytes  # noqa: E402
-from tests.servers import ApiServer, api_env, free_port, start_api  # noqa: E402
+from tests.pg import start_cluster, with_database  # noqa: E402
+from tests.servers import ApiServer, api_env, start_api  # noqa: E402
 
 BOUNDARY = "benchboundary7f3a"
 
@@ -158,19 +158,45 @@ def run_level(
     return Level(concurrency, requests, wall, latencies, errors, server_cpu)
 
 
-def floor(model_path: Path, images: list[bytes], rounds: int) -> tuple[list[float], float]:
-    """In-process decode + preprocess + model, one drawing at a time, one intra-op thread."""
+def in_process_level(
+    classifier: Classifier, images: list[bytes], requests: int, concurrency: int
+) -> Level:
+    """The same work without HTTP or PostgreSQL: decode + preprocess + model per drawing.
+
+    `concurrency` threads take drawings from one counter, as the HTTP clients do, each with one
+    intra-op torch thread as in the api.
+    """
     torch.set_num_threads(1)
-    classifier = Classifier.load(model_path)
-    classifier.warm_up()
-    times: list[float] = []
-    started = time.perf_counter()
-    for _ in range(rounds):
-        for data in images:
+    latencies: list[float] = []
+    counter = iter(range(requests))
+    lock = threading.Lock()
+
+    def worker(offset: int) -> None:
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            data = images[(i + offset) % len(images)]
             t = time.perf_counter()
             classifier.predict_proba(preprocess_bytes(data).tensor.unsqueeze(0))
-            times.append((time.perf_counter() - t) * 1000.0)
-    return times, len(times) / (time.perf_counter() - started)
+            elapsed = (time.perf_counter() - t) * 1000.0
+            with lock:
+                latencies.append(elapsed)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(w * 7,)) for w in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return Level(concurrency, requests, time.perf_counter() - started, latencies, {}, None)
+
+
+def load_classifier(model_path: Path) -> Classifier:
+    classifier = Classifier.load(model_path)
+    classifier.warm_up()
+    return classifier
 
 
 def machine() -> str:
@@ -190,21 +216,11 @@ def machine() -> str:
 
 @contextmanager
 def throwaway_postgres() -> Iterator[str]:
-    script = ROOT / "scripts" / "pg_cluster.sh"
-    parent = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-    parent.chmod(0o755)
-    data_dir = parent / "cluster"
-    out = subprocess.run(
-        [str(script), "start", str(data_dir), str(free_port())],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    cluster = start_cluster()
     try:
-        yield out.stdout.strip().splitlines()[-1]
+        yield with_database(cluster.admin_url, "digits")
     finally:
-        subprocess.run([str(script), "destroy", str(data_dir)], check=False)
-        parent.rmdir()
+        cluster.destroy()
 
 
 @contextmanager
@@ -226,23 +242,40 @@ def _given(url: str) -> Iterator[str]:
     yield url
 
 
-def report(levels: list[Level], floor_ms: list[float], floor_rps: float, label: str) -> None:
+def row(what: str, lv: Level) -> str:
+    cpu = f"{lv.server_cpu_ms:.1f}" if lv.server_cpu_ms is not None else ""
+    return (
+        f"| {what} | {lv.concurrency} | {lv.requests} | {percentile(lv.latencies_ms, 50):.1f} | "
+        f"{percentile(lv.latencies_ms, 95):.1f} | {percentile(lv.latencies_ms, 99):.1f} | "
+        f"{lv.throughput:.0f} | {cpu} |"
+    )
+
+
+def report(levels: list[Level], floor: Level, peers: list[Level], label: str) -> None:
     print(f"\nmachine: {machine()}")
     print(f"load average during the run: {label}\n")
     print("| what | concurrency | requests | p50 ms | p95 ms | p99 ms | req/s | api CPU ms/req |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for lv in levels:
-        cpu = f"{lv.server_cpu_ms:.1f}" if lv.server_cpu_ms is not None else "n/a"
+        print(row("HTTP POST /v1/predictions", lv))
+    print(row("in-process floor (decode+preprocess+model)", floor))
+    if peers:
+        print("\nside by side, same drawings, same run (ratio = api / in-process):\n")
         print(
-            f"| HTTP POST /v1/predictions | {lv.concurrency} | {lv.requests} | "
-            f"{percentile(lv.latencies_ms, 50):.1f} | {percentile(lv.latencies_ms, 95):.1f} | "
-            f"{percentile(lv.latencies_ms, 99):.1f} | {lv.throughput:.0f} | {cpu} |"
+            "| concurrency | api p50 ms | in-process p50 ms | p50 ratio | api req/s | "
+            "in-process req/s | throughput ratio |"
         )
-    print(
-        f"| in-process floor (decode+preprocess+model) | 1 | {len(floor_ms)} | "
-        f"{percentile(floor_ms, 50):.1f} | {percentile(floor_ms, 95):.1f} | "
-        f"{percentile(floor_ms, 99):.1f} | {floor_rps:.0f} | |"
-    )
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for api_lv, peer in zip(levels, peers, strict=True):
+            api_p50, peer_p50 = (
+                percentile(api_lv.latencies_ms, 50),
+                percentile(peer.latencies_ms, 50),
+            )
+            print(
+                f"| {api_lv.concurrency} | {api_p50:.1f} | {peer_p50:.1f} | "
+                f"{api_p50 / peer_p50:.2f}x | {api_lv.throughput:.0f} | {peer.throughput:.0f} | "
+                f"{api_lv.throughput / peer.throughput:.2f}x |"
+            )
     failed = {lv.concurrency: lv.errors for lv in levels if lv.errors}
     if failed:
         print(f"\nnon-201 answers by concurrency: {failed}")
@@ -257,6 +290,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=600, help="per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--floor-rounds", type=int, default=5)
+    parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="after each HTTP level, run the in-process model at the same concurrency on the "
+        "same drawings, and print api / in-process ratios",
+    )
     parser.add_argument("--log-dir", help="keep the started api's log here")
     args = parser.parse_args()
 
@@ -265,18 +304,27 @@ def main() -> int:
     host = urlsplit(args.url).netloc if args.url else "127.0.0.1"
     payloads = [request_bytes(host, png, args.api_key) for png in images]
     load_before = os.getloadavg()[0]
+    classifier = load_classifier(args.model_path)
     levels: list[Level] = []
-    if args.url:
+    peers: list[Level] = []
+
+    def measure(url: str, payloads: list[bytes], pid: int | None) -> None:
         for conc in levels_wanted:
-            levels.append(run_level(args.url, payloads, args.requests, conc, None))
+            print(f"concurrency {conc}: {args.requests} requests over HTTP...", flush=True)
+            levels.append(run_level(url, payloads, args.requests, conc, pid))
+            if args.side_by_side:
+                print(f"concurrency {conc}: the same in-process...", flush=True)
+                peers.append(in_process_level(classifier, images, args.requests, conc))
+
+    if args.url:
+        measure(args.url, payloads, None)
     else:
         with local_api(args) as api:
             payloads = [request_bytes(f"127.0.0.1:{api.port}", png, args.api_key) for png in images]
-            for conc in levels_wanted:
-                levels.append(run_level(api.url, payloads, args.requests, conc, api.process.pid))
-    floor_ms, floor_rps = floor(args.model_path, images, args.floor_rounds)
+            measure(api.url, payloads, api.process.pid)
+    floor = in_process_level(classifier, images, len(images) * args.floor_rounds, 1)
     load_after = os.getloadavg()[0]
-    report(levels, floor_ms, floor_rps, f"{load_before:.1f} at start, {load_after:.1f} at end")
+    report(levels, floor, peers, f"{load_before:.1f} at start, {load_after:.1f} at end")
     return 1 if any(lv.errors for lv in levels) else 0
 
 

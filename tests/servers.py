@@ -180,19 +180,23 @@ def start_api(
     timeout_s: float = 60.0,
     uvicorn_args: Sequence[str] = (),
     log_dir: str | os.PathLike[str] | None = None,
+    port: int | None = None,
 ) -> ApiServer:
-    """Start `uvicorn digit_predictor.api.main:app` on a free loopback port and wait for it.
+    """Start `uvicorn digit_predictor.api.main:app` on a loopback port and wait for it.
 
-    The caller owns the result: call `cleanup()` (or use `api_server`).
+    `port` pins the address (a restart "at the same place", as a container restart would);
+    by default a free port is picked. The caller owns the result: call `cleanup()` (or use
+    `api_server`).
     """
     base = {k: v for k, v in os.environ.items() if k not in APP_SETTINGS}
     full_env = {**base, **(env or {})}
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     last_error: ServerFailed | None = None
-    for _ in range(3):  # a free port can be taken between probing and binding: try another
+    # A free port can be taken between probing and binding: then try another (unless pinned).
+    for _ in range(1 if port else 3):
         workdir = tempfile.TemporaryDirectory(prefix="digit-api-")
         log_path = Path(log_dir or workdir.name) / f"api-{time.time_ns()}.log"
-        port = free_port()
+        bind_port = port or free_port()
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
                 [
@@ -203,7 +207,7 @@ def start_api(
                     "--host",
                     "127.0.0.1",
                     "--port",
-                    str(port),
+                    str(bind_port),
                     *uvicorn_args,
                 ],
                 cwd=workdir.name,
@@ -212,8 +216,8 @@ def start_api(
                 stderr=subprocess.STDOUT,
             )
         server = ApiServer(
-            url=f"http://127.0.0.1:{port}",
-            port=port,
+            url=f"http://127.0.0.1:{bind_port}",
+            port=bind_port,
             process=process,
             log_path=log_path,
             env=full_env,

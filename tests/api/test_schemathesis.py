@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.api import drawings
 from tests.api.conftest import API_KEY
 from tests.servers import ApiServer
@@ -20,6 +22,8 @@ MAX_EXAMPLES = 100
 SEED = 20261121
 
 
+# The api's contract fuzzing is also the reliability suite's (issue: contract fuzzing).
+@pytest.mark.reliability
 def test_schemathesis_finds_no_server_error_or_schema_violation(
     keyed_api: ApiServer, tmp_path: Path
 ) -> None:

@@ -17,13 +17,11 @@ import statistics
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import psycopg2
 import pytest
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
-from tests import servers
 from tests.servers import ApiServer, api_env, make_test_model, start_api
 from tests.web.web_server import WebServer, start_web
 
@@ -98,13 +96,8 @@ def _model_path(tmp_path: Path) -> tuple[Path, bool]:
 
 
 def _restart_on_same_port(api: ApiServer) -> ApiServer:
-    """A new api process at the old address, as after a container restart.
-
-    tests/servers.py picks a fresh port each start; the web app's API_URL is fixed, so the port
-    is pinned by substituting its port picker for this one start.
-    """
-    with mock.patch.object(servers, "free_port", lambda: api.port):
-        return start_api(api.env, log_dir=LOGS)
+    """A new api process at the old address (the web app's API_URL), as after a restart."""
+    return start_api(api.env, log_dir=LOGS, port=api.port)
 
 
 @pytest.fixture
