@@ -19,6 +19,8 @@ def tiny_config(**overrides: object) -> TrainConfig:
         "subset": 768,
         "val_size": 256,
         "extra_data": False,
+        "pen_per_class": 2,
+        "redrawn": 64,
         "batch_size": 64,
         "threads": 1,
     }

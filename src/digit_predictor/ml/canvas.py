@@ -83,39 +83,48 @@ def redraw_digit(
     rng: np.random.Generator,
     height_share: tuple[float, float] = (0.3, 0.9),
     brush: tuple[float, float] = (8.0, 36.0),
+    max_brush_share: float = 0.2,
+    size: int = CANVAS,
+    supersample: int = 2,
 ) -> np.ndarray:
     """An MNIST digit (uint8 28x28) redrawn on a 280x280 canvas the way a person would draw it:
-    its centre line traced with a round brush of uniform width, at a random size and place."""
+    its centre line traced with a round brush of uniform width, at a random size and place.
+
+    The brush is never wider than `max_brush_share` of the digit's height, the boldest MNIST
+    strokes (95th percentile: 4 of 20 pixels): beyond that the loops of 8s and 9s fill in and
+    the drawing is no longer a legible digit for anyone. `size` draws on a smaller canvas with
+    the brush scaled to match (cheaper, for making training data)."""
     ink = digit.astype(np.float32) / 255.0
     rows = np.flatnonzero((ink > 0.2).any(axis=1))
     cols = np.flatnonzero((ink > 0.2).any(axis=0))
     crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     up = 4
-    size = (crop.shape[0] * up, crop.shape[1] * up)
     big = F.interpolate(
-        torch.from_numpy(np.ascontiguousarray(crop))[None, None], size=size, mode="bicubic"
+        torch.from_numpy(np.ascontiguousarray(crop))[None, None],
+        size=(crop.shape[0] * up, crop.shape[1] * up),
+        mode="bicubic",
     )[0, 0].numpy()
     ys, xs = np.nonzero(thin(big > 0.45))
     if ys.size == 0:
         ys, xs = np.nonzero(big > 0.45)
-    target_h = rng.uniform(*height_share) * CANVAS
-    width = min(float(rng.uniform(*brush)), 0.25 * target_h)
+    target_h = rng.uniform(*height_share) * size
+    width = min(float(rng.uniform(*brush)) * size / CANVAS, max_brush_share * target_h)
     scale = (target_h - width) / max(float(ys.max() - ys.min()), 1.0)
     span_x = float(xs.max() - xs.min()) * scale + width
-    if span_x > CANVAS - 2:
-        scale *= (CANVAS - 2 - width) / (span_x - width)
+    if span_x > size - 2:
+        scale *= (size - 2 - width) / (span_x - width)
     span_x = float(xs.max() - xs.min()) * scale + width
     span_y = float(ys.max() - ys.min()) * scale + width
-    off_x = rng.uniform(0, CANVAS - span_x) + width / 2 - float(xs.min()) * scale
-    off_y = rng.uniform(0, CANVAS - span_y) + width / 2 - float(ys.min()) * scale
-    sup = 2  # supersampled, then shrunk: anti-aliased edges like a browser canvas
-    img = Image.new("L", (CANVAS * sup, CANVAS * sup), 0)
+    off_x = rng.uniform(0, size - span_x) + width / 2 - float(xs.min()) * scale
+    off_y = rng.uniform(0, size - span_y) + width / 2 - float(ys.min()) * scale
+    sup = supersample  # drawn big, then shrunk: anti-aliased edges like a browser canvas
+    img = Image.new("L", (size * sup, size * sup), 0)
     draw = ImageDraw.Draw(img)
     radius = width * sup / 2
     for y, x in zip(ys, xs, strict=True):
         cx, cy = (x * scale + off_x) * sup, (y * scale + off_y) * sup
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=255)
-    img = img.resize((CANVAS, CANVAS), Image.Resampling.BOX)
+    img = img.resize((size, size), Image.Resampling.BOX)
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
@@ -304,3 +313,17 @@ def pen_training_digits(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarr
     labels = np.arange(10 * per_class, dtype=np.int64) % 10
     images = np.stack([preprocess_ink(pen_digit(int(d), rng)).image for d in labels])
     return images, labels
+
+
+def redrawn_training_digits(images: np.ndarray, seed: int, size: int = 140) -> np.ndarray:
+    """MNIST training digits redrawn with a uniform brush (small canvas), then preprocessed."""
+    from digit_predictor.ml.preprocess import EmptyDrawingError, preprocess_ink
+
+    rng = np.random.default_rng(seed)
+    out = np.zeros((len(images), 28, 28), dtype=np.uint8)
+    for i, image in enumerate(images):
+        try:
+            out[i] = preprocess_ink(redraw_digit(image, rng, size=size, supersample=1)).image
+        except EmptyDrawingError:
+            out[i] = image
+    return out

@@ -15,8 +15,9 @@ EXAMPLES_PNG = "preprocessing_examples.png"
 BENCHMARKS_EXPLAINED = """\
 - *MNIST test (as published)*: the 10,000 official test digits as they are.
 - *canvas benchmark*: MNIST test digits redrawn the way a person draws on the 280x280 canvas:
-  centre line traced with a round brush 8-36 px wide, 30-90% of the canvas height, anywhere on
-  the canvas, sent as PNG (RGBA alpha ink, white-on-black or black-on-white). Scored after the
+  centre line traced with a round brush 8-36 px wide (at most a fifth of the digit's height, as
+  bold as the boldest MNIST strokes), 30-90% of the canvas height, anywhere on the canvas, sent
+  as PNG (RGBA alpha ink, white-on-black or black-on-white). Scored after the
   MNIST-faithful preprocessing, and after a plain resize of the whole canvas to 28x28 (what
   earlier projects did) for contrast.
 - *pen-stroke digits*: digits built from pen-stroke templates with random jitter, slant, size,
