@@ -22,7 +22,8 @@ BENCHMARKS_EXPLAINED = """\
   earlier projects did) for contrast.
 - *pen-stroke digits*: digits built from pen-stroke templates with random jitter, slant, size,
   place and brush (10-40 px), including 1 with a long upstroke and a base, 7 with a crossbar,
-  open and closed 4: a proxy for people who are not in MNIST. Never used for training.
+  open and closed 4: a proxy for people who are not in MNIST. Training may use other digits
+  from the same templates (another seed), which makes this the weakest evidence of all.
 - *USPS test*, *optdigits windep*: real handwriting from other people and scanners, blown up
   onto a canvas at a random size and place, PNG round trip, then the same preprocessing.
   Only their held-out parts are scored (the training parts may be used for training).
@@ -42,6 +43,10 @@ def write_card(out_dir: Path, card: dict[str, Any]) -> None:
     (out_dir / CARD_MD).write_text(text, encoding="utf-8")
 
 
+def _threads(count: Any) -> str:
+    return f"{count} thread" + ("" if count == 1 else "s")
+
+
 def _pct(value: Any) -> str:
     return f"{100.0 * float(value):.2f}%" if isinstance(value, int | float) else "n/a"
 
@@ -54,11 +59,14 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"- Architecture: `{card['architecture']}` ({card['parameter_count']:,} parameters, "
         f"{card.get('weights_bytes', 0) / 1e6:.2f} MB weights)",
         f"- Trained with: `{card.get('command', '')}`",
-        f"- Training time: {card.get('training_seconds', 0.0) / 60:.1f} min on "
-        f"{card.get('device', 'cpu')} ({card.get('torch_threads', '?')} threads), "
-        f"torch {card.get('torch_version', '?')}",
+        f"- Training time: {card.get('training_seconds', 0.0) / 60:.1f} min (the training loop; "
+        f"preparing the extra data adds a minute or two) on {card.get('device', 'cpu')} with "
+        f"{_threads(card.get('torch_threads'))}, torch {card.get('torch_version', '?')}",
         f"- Input: {card.get('input', '')}",
-        f"- Evaluated with: `{card.get('evaluation_command', card.get('command', ''))}`",
+        "- Evaluated with: `"
+        + card.get("evaluation_command", "python -m digit_predictor.ml.evaluate")
+        + "`"
+        + ("" if "evaluation_command" in card else " (also run at the end of training)"),
         "",
         "## Results",
         "",
