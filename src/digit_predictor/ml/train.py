@@ -1,6 +1,6 @@
 """Train a digit CNN reproducibly and ship its weights with a model card.
 
-python -m digit_predictor.ml.train --arch bn_cnn --epochs 16 --seed 0 --out-dir model/saved_model
+python -m digit_predictor.ml.train --arch bn_cnn --epochs 12 --seed 0 --out-dir model/saved_model
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ WEIGHTS_NAME = "model.pt"
 @dataclass
 class TrainConfig:
     arch: str = DEFAULT_ARCHITECTURE
-    epochs: int = 16
+    epochs: int = 12
     seed: int = 0
     batch_size: int = 256
     max_lr: float = 4e-3
