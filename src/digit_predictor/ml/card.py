@@ -72,11 +72,16 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
         BENCHMARKS_EXPLAINED,
         "",
-        "| benchmark | accuracy | n |",
-        "| --- | ---: | ---: |",
+        "| benchmark | accuracy | n | target |",
+        "| --- | ---: | ---: | --- |",
     ]
     for row in metrics.get("benchmarks", []):
-        lines.append(f"| {row['name']} | {_pct(row['accuracy'])} | {row['n']} |")
+        target = row.get("target")
+        status = ""
+        if isinstance(target, int | float):
+            met = "met" if row["accuracy"] >= target else "**missed**"
+            status = f">= {_pct(target)}: {met}"
+        lines.append(f"| {row['name']} | {_pct(row['accuracy'])} | {row['n']} | {status} |")
     if "inference_ms_per_image" in metrics:
         lines += [
             "",
