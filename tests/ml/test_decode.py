@@ -106,3 +106,11 @@ def test_preprocess_bytes_raises_invalid_image_for_garbage() -> None:
 
 def test_errors_are_value_errors_for_the_api() -> None:
     assert issubclass(InvalidImageError, ValueError)
+
+
+def test_an_unidentifiable_image_gets_a_message_for_people() -> None:
+    with pytest.raises(InvalidImageError) as info:
+        decode_image(b"\xff\xd8\xff" + b"x" * 50)  # JPEG magic, then nothing JPEG-like
+    message = str(info.value)
+    assert "send a valid PNG or JPEG" in message
+    assert "object at 0x" not in message

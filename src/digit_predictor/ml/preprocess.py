@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 # Pixel statistics of the MNIST training set; the model is trained on (x - MEAN) / STD.
 MNIST_MEAN = 0.1307
@@ -82,6 +82,11 @@ def decode_image(data: bytes, *, max_side: int = 2048) -> Image.Image:
             img.load()
     except InvalidImageError:
         raise
+    except UnidentifiedImageError as exc:
+        # PIL's own message names the in-memory buffer object, which helps nobody.
+        raise InvalidImageError(
+            "the image could not be decoded (corrupt PNG/JPEG header); send a valid PNG or JPEG"
+        ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidImageError(
             f"too many pixels: the image declares more than the limit of {max_side}x{max_side}"
