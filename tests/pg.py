@@ -35,9 +35,15 @@ class PostgresServer:
     data_dir: Path | None  # set when this test run owns the cluster and may stop it
 
     def _own(self) -> Path:
+        """The cluster's folder; skips the calling test when the server is not ours to control.
+
+        Tests that start background work should call this before starting it.
+        """
         if self.data_dir is None:
             pytest.skip("the server comes from TEST_DATABASE_URL; this test run cannot control it")
         return self.data_dir
+
+    require_control = _own
 
     def restart(self) -> None:
         subprocess.run([str(PG_CLUSTER), "restart", str(self._own())], check=True)

@@ -37,6 +37,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
 def test_database_restart_under_load_loses_nothing(
     reliability_api: ApiServer, database_url: str, pg_server: PostgresServer
 ) -> None:
+    pg_server.require_control()
     images = [drawings.drawing_png(digit) for digit in drawings.STROKES]
     # The data layer's own pool (as the web app holds it), busy through the restart too.
     web_pool = Database(database_url, max_size=4, connect_timeout_s=1)
@@ -62,13 +63,15 @@ def test_database_restart_under_load_loses_nothing(
         )
     )
     loader.start()
-    time.sleep(2.0)
-    pg_server.restart()  # fast shutdown: every server connection is cut mid-way
-    restarted.set()
-    time.sleep(3.0)
-    stop.set()
-    loader.join()
-    reader.join()
+    try:
+        time.sleep(2.0)
+        pg_server.restart()  # fast shutdown: every server connection is cut mid-way
+        restarted.set()
+        time.sleep(3.0)
+    finally:
+        stop.set()
+        loader.join()
+        reader.join()
     result = results[0]
 
     statuses = result.statuses()
