@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,21 @@ APP_SETTINGS = (
     "HIGH_SCORE_TZ",
     "DEBUG",
 )
+
+
+def wait_for(
+    condition: Callable[[], bool], timeout_s: float = 30.0, interval_s: float = 0.2
+) -> None:
+    """Poll `condition` until it holds; a request that fails on the way counts as "not yet"."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s} s")
 
 
 def free_port() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -16,7 +15,7 @@ from tests.api import drawings
 from tests.api.conftest import SMALL_QUEUE
 from tests.api.test_contract import sample
 from tests.pg import PostgresServer
-from tests.servers import CLEAN_EXIT, ApiServer, api_env, api_server
+from tests.servers import CLEAN_EXIT, ApiServer, api_env, api_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,15 +31,6 @@ def database_down(pg_server: PostgresServer) -> Iterator[None]:
         yield
     finally:
         pg_server.start()
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"condition not met within {timeout_s} s")
 
 
 def test_outage_queues_predictions_and_writes_them_when_the_database_returns(

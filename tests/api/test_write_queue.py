@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import psycopg2
 import pytest
@@ -13,6 +12,7 @@ from digit_predictor.api.metrics import Metrics
 from digit_predictor.api.write_queue import PredictionStore, QueueFull, WriteQueue
 from digit_predictor.db import Database, DatabaseUnavailable, queries
 from digit_predictor.db.queries import NewPrediction
+from tests.servers import wait_for
 
 
 def row(i: int = 0) -> NewPrediction:
@@ -41,13 +41,6 @@ class FlakyWriter:
         if self.down.is_set():
             raise self.error
         self.written.append(new)
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def metric(metrics: Metrics, name: str, **labels: str) -> float:

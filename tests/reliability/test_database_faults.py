@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import psycopg2
 import pytest
 
@@ -17,21 +15,9 @@ from tests.api import drawings
 from tests.pg import PostgresServer, free_port, start_cluster, with_database
 from tests.reliability.load import run_load
 from tests.reliability.test_load import stored_request_ids
-from tests.servers import ApiServer, api_env, api_server
+from tests.servers import ApiServer, api_env, api_server, wait_for
 
 pytestmark = pytest.mark.reliability
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except (httpx.HTTPError, DatabaseUnavailable):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"condition not met within {timeout_s} s")
 
 
 def test_database_restart_under_load_loses_nothing(
