@@ -6,7 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from digit_predictor.ml.canvas import TEMPLATES, pen_digit, redraw_digit, thin, to_png
+from digit_predictor.ml.canvas import (
+    TEMPLATES,
+    ink_depth,
+    pen_digit,
+    redraw_digit,
+    thin,
+    to_png,
+)
 from digit_predictor.ml.data import load_split
 from digit_predictor.ml.evaluate import canvas_sets, plain_resize
 from digit_predictor.ml.preprocess import decode_image, preprocess_bytes
@@ -22,6 +29,36 @@ def test_thinning_leaves_a_one_pixel_centre_line() -> None:
     assert line.sum(axis=0).max() == 1  # one pixel thick everywhere
     rows = np.flatnonzero(line.any(axis=1))
     assert set(rows.tolist()) <= {13, 14, 15, 16}
+
+
+def test_ink_depth_is_the_distance_to_the_background() -> None:
+    shape = np.zeros((20, 40), dtype=bool)
+    shape[2:11, 2:11] = True  # a 9x9 square: its centre is 5 layers deep
+    shape[15, 5:35] = True  # a hairline: 1 deep
+    depth = ink_depth(shape)
+    assert depth[6, 6] == 5
+    assert depth[2, 2] == 1
+    assert depth[15, 20] == 1
+    assert (depth[~shape] == 0).all()
+
+
+def test_a_filled_loop_stays_filled_when_redrawn_with_a_thin_brush() -> None:
+    # A 9 whose loop the writer filled solid: a blob on a thin stem.
+    yy, xx = np.mgrid[0:28, 0:28]
+    nine = np.zeros((28, 28), dtype=np.uint8)
+    nine[(yy - 9) ** 2 + (xx - 14) ** 2 <= 25] = 255
+    nine[9:25, 17:19] = 255
+    brush = 10.0
+    canvas = redraw_digit(
+        nine, np.random.default_rng(0), height_share=(0.8, 0.8), brush=(brush, brush)
+    )
+    # Traced along its centre line alone the blob would be a dash as wide as the brush.
+    assert ink_depth(canvas > 0.5).max() > 2 * brush / 2
+    # The stem is still drawn with the brush, not blown up to the blob's width.
+    rows = np.flatnonzero((canvas > 0.5).any(axis=1))
+    top, bottom = rows[0], rows[-1]
+    stem = canvas[top + (bottom - top) * 3 // 4 : bottom - int(brush)] > 0.5
+    assert 0 < stem.sum(axis=1).max() <= brush + 3
 
 
 def test_redrawn_mnist_digit_comes_back_through_preprocessing(mnist_dir: Path) -> None:

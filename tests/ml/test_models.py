@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from digit_predictor.ml.models import ARCHITECTURES, build_model, parameter_count
+from digit_predictor.ml.models import (
+    ARCHITECTURES,
+    DEFAULT_ARCHITECTURE,
+    build_model,
+    parameter_count,
+)
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
@@ -37,7 +42,7 @@ def test_seed_is_the_original_design() -> None:
 
 
 def test_default_model_fits_the_size_budget() -> None:
-    model = build_model("bn_cnn")
+    model = build_model(DEFAULT_ARCHITECTURE)
     assert parameter_count(model) * 4 <= 10 * 1024 * 1024
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from digit_predictor.ml.inference import Classifier
@@ -28,10 +30,19 @@ def tiny_config(**overrides: object) -> TrainConfig:
     return TrainConfig(**settings)  # type: ignore[arg-type]
 
 
+@pytest.fixture
+def restore_torch_threads() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+# Two threads is what the shipped model trains with; one is what a busy machine may prefer.
+@pytest.mark.parametrize("threads", [1, 2])
 def test_short_training_lowers_the_loss_and_is_reproducible(
-    mnist_dir: Path, tmp_path: Path
+    mnist_dir: Path, tmp_path: Path, threads: int, restore_torch_threads: None
 ) -> None:
-    config = tiny_config()
+    config = tiny_config(threads=threads)
     first = run_training(config, mnist_dir, progress=False)
     losses = [h["train_loss"] for h in first.history]
     assert losses[-1] < 0.8 * losses[0]

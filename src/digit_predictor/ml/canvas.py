@@ -78,6 +78,29 @@ def thin(binary: np.ndarray) -> np.ndarray:
             return img[1:-1, 1:-1].astype(bool)
 
 
+def ink_depth(solid: np.ndarray) -> np.ndarray:
+    """How many layers of erosion each ink pixel survives: its distance to the background.
+
+    Erosions alternate between the 4- and the 8-neighbourhood, an octagonal approximation of
+    the Euclidean distance that treats diagonal strokes nearly like straight ones."""
+    depth = np.zeros(solid.shape, dtype=np.float32)
+    current = solid.copy()
+    step = 0
+    while current.any():
+        depth += current
+        p = np.pad(current, 1)
+        eroded = current & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+        if step % 2:
+            eroded &= p[:-2, :-2] & p[:-2, 2:] & p[2:, :-2] & p[2:, 2:]
+        current = eroded
+        step += 1
+    return depth
+
+
+# A centre point whose stroke is this many times the digit's typical half-width sits in a blob.
+BLOB_FACTOR = 1.8
+
+
 def redraw_digit(
     digit: np.ndarray,
     rng: np.random.Generator,
@@ -92,8 +115,10 @@ def redraw_digit(
 
     The brush is never wider than `max_brush_share` of the digit's height, the boldest MNIST
     strokes (95th percentile: 4 of 20 pixels): beyond that the loops of 8s and 9s fill in and
-    the drawing is no longer a legible digit for anyone. `size` draws on a smaller canvas with
-    the brush scaled to match (cheaper, for making training data)."""
+    the drawing is no longer a legible digit for anyone. Where the writer filled a small loop
+    solid (a blob, much thicker than the digit's own stroke), the blob is drawn solid too: its
+    centre line alone is a short dash, which turns a 9 into a 1. `size` draws on a smaller canvas
+    with the brush scaled to match (cheaper, for making training data)."""
     ink = digit.astype(np.float32) / 255.0
     rows = np.flatnonzero((ink > 0.2).any(axis=1))
     cols = np.flatnonzero((ink > 0.2).any(axis=0))
@@ -104,9 +129,12 @@ def redraw_digit(
         size=(crop.shape[0] * up, crop.shape[1] * up),
         mode="bicubic",
     )[0, 0].numpy()
-    ys, xs = np.nonzero(thin(big > 0.45))
+    solid = big > 0.45
+    ys, xs = np.nonzero(thin(solid))
     if ys.size == 0:
-        ys, xs = np.nonzero(big > 0.45)
+        ys, xs = np.nonzero(solid)
+    half_width = ink_depth(solid)[ys, xs] - 0.5  # local stroke half-width at each centre point
+    blob = half_width > BLOB_FACTOR * float(np.median(half_width))
     target_h = rng.uniform(*height_share) * size
     width = min(float(rng.uniform(*brush)) * size / CANVAS, max_brush_share * target_h)
     scale = (target_h - width) / max(float(ys.max() - ys.min()), 1.0)
@@ -120,9 +148,10 @@ def redraw_digit(
     sup = supersample  # drawn big, then shrunk: anti-aliased edges like a browser canvas
     img = Image.new("L", (size * sup, size * sup), 0)
     draw = ImageDraw.Draw(img)
-    radius = width * sup / 2
-    for y, x in zip(ys, xs, strict=True):
+    brush_radius = width * sup / 2
+    for y, x, hw, in_blob in zip(ys, xs, half_width, blob, strict=True):
         cx, cy = (x * scale + off_x) * sup, (y * scale + off_y) * sup
+        radius = max(brush_radius, hw * scale * sup) if in_blob else brush_radius
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=255)
     img = img.resize((size, size), Image.Resampling.BOX)
     return np.asarray(img, dtype=np.float32) / 255.0

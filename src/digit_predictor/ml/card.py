@@ -16,7 +16,8 @@ BENCHMARKS_EXPLAINED = """\
 - *MNIST test (as published)*: the 10,000 official test digits as they are.
 - *canvas benchmark*: MNIST test digits redrawn the way a person draws on the 280x280 canvas:
   centre line traced with a round brush 8-36 px wide (at most a fifth of the digit's height, as
-  bold as the boldest MNIST strokes), 30-90% of the canvas height, anywhere on the canvas, sent
+  bold as the boldest MNIST strokes; a loop the writer filled solid stays solid rather than
+  shrinking to a dash), 30-90% of the canvas height, anywhere on the canvas, sent
   as PNG (RGBA alpha ink, white-on-black or black-on-white). Scored after the
   MNIST-faithful preprocessing, and after a plain resize of the whole canvas to 28x28 (what
   earlier projects did) for contrast.
@@ -86,7 +87,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         lines += [
             "",
             f"Inference: {metrics['inference_ms_per_image']:.2f} ms per image on CPU "
-            "(batch of 1, median, in-process).",
+            "(batch of 1, one thread, median, in-process).",
         ]
     per_digit = metrics.get("mnist_test_per_digit")
     if per_digit:

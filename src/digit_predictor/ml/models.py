@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -68,9 +69,11 @@ class BnCNN(nn.Module):
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "seed": SeedCNN,
     "bn_cnn": BnCNN,
+    # 1.5x the channels (24, 48, 96): 2.2x the parameters, under 1 ms per image.
+    "bn_cnn_wide": partial(BnCNN, width=24),
 }
 
-DEFAULT_ARCHITECTURE = "bn_cnn"
+DEFAULT_ARCHITECTURE = "bn_cnn_wide"
 
 
 def build_model(name: str) -> nn.Module:
