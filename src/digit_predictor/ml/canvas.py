@@ -345,7 +345,7 @@ def pen_training_digits(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarr
 
 
 def redrawn_training_digits(images: np.ndarray, seed: int, size: int = 140) -> np.ndarray:
-    """MNIST training digits redrawn with a uniform brush (small canvas), then preprocessed."""
+    """MNIST training digits redrawn with a round brush (small canvas), then preprocessed."""
     from digit_predictor.ml.preprocess import EmptyDrawingError, preprocess_ink
 
     rng = np.random.default_rng(seed)

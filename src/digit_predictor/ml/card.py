@@ -52,6 +52,14 @@ def _pct(value: Any) -> str:
     return f"{100.0 * float(value):.2f}%" if isinstance(value, int | float) else "n/a"
 
 
+def target_status(row: dict[str, Any], missed: str = "**missed**") -> str:
+    """ ">= 99.00%: met" for a benchmark row with an acceptance target; "" without one."""
+    target = row.get("target")
+    if not isinstance(target, int | float):
+        return ""
+    return f">= {_pct(target)}: " + ("met" if row["accuracy"] >= target else missed)
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     metrics: dict[str, Any] = card.get("metrics", {})
     lines = [
@@ -77,11 +85,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         "| --- | ---: | ---: | --- |",
     ]
     for row in metrics.get("benchmarks", []):
-        target = row.get("target")
-        status = ""
-        if isinstance(target, int | float):
-            met = "met" if row["accuracy"] >= target else "**missed**"
-            status = f">= {_pct(target)}: {met}"
+        status = target_status(row)
         lines.append(f"| {row['name']} | {_pct(row['accuracy'])} | {row['n']} | {status} |")
     if "inference_ms_per_image" in metrics:
         lines += [

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
 from digit_predictor.ml.canvas import pen_digit, redraw_digit, to_png
+from digit_predictor.ml.card import target_status
 from digit_predictor.ml.data import MnistSplit, default_data_dir, load_split
 from digit_predictor.ml.extra_digits import heldout_digits
 from digit_predictor.ml.preprocess import (
@@ -135,14 +136,6 @@ def _faithful_ink(image: np.ndarray) -> np.ndarray:
 TARGETS = {MNIST_TEST: 0.995, CANVAS_FAITHFUL: 0.99}
 
 
-def target_status(row: dict[str, Any]) -> str:
-    target = row.get("target")
-    if target is None:
-        return ""
-    verdict = "met" if row["accuracy"] >= target else "MISSED"
-    return f">= {100 * target:.1f}%: {verdict}"
-
-
 def score(model: torch.nn.Module, sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {"benchmarks": rows}
@@ -203,7 +196,8 @@ def print_table(metrics: dict[str, Any], per_digit: bool = False) -> None:
     width = max(len(r["name"]) for r in rows)
     print(f"{'benchmark':<{width}}  {'accuracy':>8}  {'n':>6}  target")
     for r in rows:
-        print(f"{r['name']:<{width}}  {100 * r['accuracy']:7.2f}%  {r['n']:>6}  {target_status(r)}")
+        status = target_status(r, missed="MISSED")
+        print(f"{r['name']:<{width}}  {100 * r['accuracy']:7.2f}%  {r['n']:>6}  {status}")
         if per_digit:
             print(" " * 4 + " ".join(f"{d}:{100 * a:5.1f}" for d, a in enumerate(r["per_digit"])))
 
