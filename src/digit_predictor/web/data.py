@@ -124,7 +124,12 @@ def history_frame(predictions: list[Prediction], tz: ZoneInfo) -> pd.DataFrame:
 
 
 def load_history(
-    db: Database, tz: ZoneInfo, *, before: int | None, page_size: int, page: int = 1
+    db: Database,
+    tz: ZoneInfo,
+    *,
+    page_size: int,
+    before: int | None = None,
+    page: int = 1,
 ) -> HistoryPage:
     """One page of predictions with thumbnails: the newest, or those older than `before`.
 
