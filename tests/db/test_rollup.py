@@ -84,7 +84,8 @@ def _recount(url: str, tz: ZoneInfo, days: int = 30) -> Statistics:
     """Statistics computed in Python from every row: what the roll-up must reproduce."""
     rows = _execute(
         url,
-        "SELECT predicted_digit, true_digit, confidence, model_version, created_at FROM predictions",
+        "SELECT predicted_digit, true_digit, confidence, model_version, created_at "
+        "FROM predictions",
     )
     confusion = [[0] * 10 for _ in range(10)]
     per_day: dict[date, int] = {}
