@@ -41,7 +41,7 @@ def _add(db: Database, age_days: float, *, true_digit: int | None = None) -> int
     )
     if true_digit is not None:
         record_feedback(db, row.id, true_digit)
-    return row.id
+    return int(row.id)
 
 
 def _drawings(url: str) -> dict[int, bool]:

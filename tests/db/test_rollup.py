@@ -67,7 +67,7 @@ def _add(
             created_at=at,
         ),
     )
-    return row.id
+    return int(row.id)
 
 
 def _execute(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
