@@ -6,7 +6,7 @@ statistics triggers on and off.
     python scripts/bench_queries.py --rows 200000 --write-requests 1200   # + triggers on vs off
 
 Starts a throwaway PostgreSQL (or creates, and afterwards drops, a database on the server of
---admin-url), fills it with N realistic predictions in SQL (120 days, newer days busier, three
+--admin-url), fills it with N realistic predictions in SQL (120 days, in time order, three
 model versions, 20% corrected, confidences skewed high, real canvas drawings as PNGs), builds the
 statistics roll-up, starts the api and times over HTTP (median of --repeat):
 
@@ -56,14 +56,15 @@ DAYS = 120
 CHUNK = 250_000  # rows per INSERT statement while filling
 POOL = 256  # distinct drawings; rows reuse them (bytes per row stay realistic)
 
-# One statement fills rows [lo, hi). Row g's age in days is skewed towards now (a growing
-# instance); the model version follows the age; a wrong answer is likelier at low confidence
-# and for older versions (v1 over-confident, v3 calibrated), so the Statistics page has
-# something true to show.
+# One statement fills rows [lo, hi). Rows are spread evenly over the days and stored in time
+# order, as an instance writes them (so a day's rows sit together on disk); request ids are
+# sequential (the api's are random, but no read uses them). The model version follows the
+# age; a wrong answer is likelier at low confidence and for older versions (v1 over-confident,
+# v3 calibrated), so the Statistics page has something true to show.
 FILL_SQL = """
 INSERT INTO predictions (request_id, created_at, predicted_digit, confidence, probabilities,
                          true_digit, feedback_at, image_data, model_version, latency_ms, source)
-SELECT gen_random_uuid(), created_at, digit, conf,
+SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, created_at, digit, conf,
        array_fill(((1 - conf) / 9)::float8, ARRAY[digit]) || conf
            || array_fill(((1 - conf) / 9)::float8, ARRAY[9 - digit]),
        true_digit, CASE WHEN true_digit IS NOT NULL THEN created_at + interval '20 seconds' END,
@@ -82,7 +83,7 @@ FROM (
                CASE WHEN age > %(days)s * 0.6 THEN 'v1'
                     WHEN age > %(days)s * 0.2 THEN 'v2' ELSE 'v3' END AS version,
                random() AS answered, random() AS right_roll
-        FROM (SELECT g, %(days)s * power(random(), 1.4) AS age
+        FROM (SELECT g, %(days)s * (1 - (g + random()) / %(rows)s) AS age
               FROM generate_series(%(lo)s, %(hi)s - 1) AS g) AS aged
     ) AS drawn
 ) AS rows
@@ -166,7 +167,7 @@ def fill(url: str, rows: int, small: bool, corrected: float) -> float:
             with tqdm(total=rows, unit="row", desc="fill", unit_scale=True) as bar:
                 for lo in range(0, rows, CHUNK):
                     hi = min(lo + CHUNK, rows)
-                    params = {"lo": lo, "hi": hi, "days": DAYS, "pool": POOL}
+                    params = {"lo": lo, "hi": hi, "rows": rows, "days": DAYS, "pool": POOL}
                     cur.execute(FILL_SQL, {**params, "corrected": corrected})
                     bar.update(hi - lo)
             seconds = time.monotonic() - started
