@@ -4,8 +4,10 @@ it equal statistics computed from the rows themselves."""
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable
@@ -351,3 +353,56 @@ def test_migrate_command_syncs_the_time_zone(
     finally:
         get_settings.cache_clear()
         rebuild_rollup(database_url, NY.key)
+
+
+def test_columns_added_later_change_nothing(make_database: Callable[[], str]) -> None:
+    """Migration 0004 (is_digit, ood_score) or any later column must not break the triggers."""
+    url = make_database()
+    migrate(url)
+    _execute(url, "ALTER TABLE predictions ADD COLUMN is_digit boolean, ADD COLUMN ood_score real")
+    now = datetime.now(UTC)
+    for i in range(10):
+        _execute(url, INSERT_SQL, (i, 0.8, _probs(i, 0.8), b"x", "v1", now))
+    _execute(url, "UPDATE predictions SET is_digit = id % 2 = 0, ood_score = id / 10.0")
+    _execute(url, "UPDATE predictions SET true_digit = 4, feedback_at = now() WHERE is_digit")
+    assert rollup_differences(url) == []
+    [(n,)] = _execute(url, "SELECT sum(n) FROM prediction_totals WHERE true_digit = 4")
+    assert n == 5
+
+
+def test_a_backup_restored_keeps_the_rollup_and_its_triggers(
+    make_database: Callable[[], str], tmp_path: Path
+) -> None:
+    url = make_database()
+    migrate(url)
+    now = datetime.now(UTC)
+    for i in range(6):
+        _execute(url, INSERT_SQL, (i, 0.9, _probs(i, 0.9), b"x", "v1", now))
+    pg_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.pop("DRAWING_RETENTION_DAYS", None)
+    env.update(DATABASE_URL=url, PATH=f"{pg_bin[-1]}:{env['PATH']}" if pg_bin else env["PATH"])
+    scripts = Path(__file__).resolve().parents[2] / "scripts"
+
+    def run(*args: str) -> None:
+        done = subprocess.run(
+            args, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, done.stderr
+
+    run(str(scripts / "backup_db.sh"), str(tmp_path))
+    _execute(url, "DELETE FROM predictions WHERE predicted_digit < 3")
+    _execute(url, "UPDATE predictions SET true_digit = 1, feedback_at = now()")
+    [dump] = tmp_path.glob("digits-*.dump")
+    run(str(scripts / "restore_db.sh"), "--yes", str(dump))
+    assert rollup_differences(url) == []
+    [(n,)] = _execute(url, "SELECT sum(n) FROM prediction_totals")
+    assert n == 6
+    # The triggers came back with the restore: new writes are still counted.
+    _execute(url, INSERT_SQL, (7, 0.9, _probs(7, 0.9), b"x", "v1", now))
+    _execute(url, "UPDATE predictions SET true_digit = 7, feedback_at = now() WHERE id = 1")
+    assert rollup_differences(url) == []
+    [(n, answered)] = _execute(
+        url, "SELECT sum(n), sum(n) FILTER (WHERE true_digit IS NOT NULL) FROM prediction_totals"
+    )
+    assert (n, answered) == (7, 1)
