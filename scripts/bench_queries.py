@@ -294,6 +294,59 @@ def measure_writes(
     return results
 
 
+def measure_inserts(url: str, statements: int, rounds: int) -> dict[str, list[float]]:
+    """The database's share alone: server-side execution time (ms, EXPLAIN ANALYZE, without the
+    commit's disk flush, which on a shared disk is mostly noise) of the api's INSERT, whose ON
+    CONFLICT clause fires the UPDATE trigger too; alternating rounds of median times."""
+    payload = drawing_pool(small=False)[0]
+    results: dict[str, list[float]] = {"on": [], "off": [], "in triggers": []}
+    conn = psycopg2.connect(url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            order = ["on", "off"]
+            for _ in range(rounds):
+                for mode in order:
+                    switch = "ENABLE" if mode == "on" else "DISABLE"
+                    cur.execute(f"ALTER TABLE predictions {switch} TRIGGER USER")
+                    executed, in_triggers = [], []
+                    for i in range(statements):
+                        cur.execute(
+                            """EXPLAIN (ANALYZE, FORMAT JSON)
+                               INSERT INTO predictions (request_id, created_at, predicted_digit,
+                                   confidence, probabilities, image_data, model_version,
+                                   latency_ms, source)
+                               VALUES (%s, now(), %s, %s, %s, %s, 'v3', 5, 'bench')
+                               ON CONFLICT (request_id) DO UPDATE
+                                   SET request_id = EXCLUDED.request_id
+                               RETURNING id""",
+                            (str(uuid.uuid4()), i % 10, 0.9, [0.1] * 10, payload),
+                        )
+                        row = cur.fetchone()
+                        assert row is not None
+                        [plan] = row[0]
+                        executed.append(plan["Execution Time"])
+                        in_triggers.append(sum(t["Time"] for t in plan.get("Triggers", [])))
+                    # The first statements after the switch compile the trigger: skip them.
+                    results[mode].append(statistics.median(executed[10:]))
+                    if mode == "on":
+                        results["in triggers"].append(statistics.median(in_triggers[10:]))
+                order.reverse()
+            cur.execute("ALTER TABLE predictions ENABLE TRIGGER USER")
+    finally:
+        conn.close()
+    return results
+
+
+def print_ratio(title: str, results: dict[str, list[float]], unit: str) -> None:
+    on, off = statistics.median(results["on"]), statistics.median(results["off"])
+    print(f"\n{title}")
+    for mode, value in (("on", on), ("off", off)):
+        rounds = ", ".join(f"{v:.0f}" for v in results[mode])
+        print(f"  triggers {mode:<3}: {value:7.1f} {unit}  (rounds: {rounds})")
+    print(f"  on / off    : {on / off:.3f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, required=True, help="predictions to fill")
@@ -346,20 +399,19 @@ def main() -> int:
                 results = measure_writes(
                     api, url, args.write_requests, args.write_rounds, args.write_concurrency
                 )
-                on, off = statistics.median(results["on"]), statistics.median(results["off"])
-                print(
-                    f"\nPOST /v1/predictions at concurrency {args.write_concurrency}, "
-                    f"{args.write_rounds} alternating rounds each:"
+                print_ratio(
+                    f"POST /v1/predictions over HTTP at concurrency {args.write_concurrency}, "
+                    f"{args.write_rounds} alternating rounds each:",
+                    results,
+                    "req/s",
                 )
+                inserts = measure_inserts(url, 200, args.write_rounds)
+                on, off = statistics.median(inserts["on"]), statistics.median(inserts["off"])
                 print(
-                    f"  triggers on : {on:6.1f} req/s  (rounds: "
-                    f"{', '.join(f'{v:.1f}' for v in results['on'])})"
+                    "\nthe api's INSERT alone, executed in PostgreSQL (median ms, commit not "
+                    f"included): triggers on {on:.3f}, off {off:.3f}, of which in the triggers "
+                    f"{statistics.median(inserts['in triggers']):.3f}"
                 )
-                print(
-                    f"  triggers off: {off:6.1f} req/s  (rounds: "
-                    f"{', '.join(f'{v:.1f}' for v in results['off'])})"
-                )
-                print(f"  on / off    : {on / off:.3f}")
                 # Rows written while the triggers were off are not in the roll-up: rebuild.
                 rebuild(url)
                 assert rollup_differences(url) == []

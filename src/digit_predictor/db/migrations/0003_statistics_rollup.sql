@@ -66,33 +66,9 @@ CREATE TYPE prediction_rollup_delta AS (
     confidence_sum  numeric
 );
 
--- Adds deltas to both roll-ups: totals first, then daily, each in key order, so that any two
--- transactions lock shared roll-up rows in the same order (no deadlock, only a short wait).
-CREATE FUNCTION prediction_rollup_add(deltas prediction_rollup_delta[]) RETURNS void
-    LANGUAGE sql
-BEGIN ATOMIC
-    INSERT INTO prediction_totals AS t
-        (model_version, predicted_digit, true_digit, confidence_bin, n, confidence_sum)
-    SELECT d.model_version, d.predicted_digit, d.true_digit, d.confidence_bin,
-           sum(d.n), sum(d.confidence_sum)
-    FROM unnest(deltas) AS d
-    GROUP BY 1, 2, 3, 4
-    ORDER BY 1, 2, 3 NULLS FIRST, 4
-    ON CONFLICT ON CONSTRAINT prediction_totals_key DO UPDATE
-        SET n = t.n + excluded.n, confidence_sum = t.confidence_sum + excluded.confidence_sum;
-    INSERT INTO prediction_daily AS t
-        (day, model_version, predicted_digit, true_digit, confidence_bin, n, confidence_sum)
-    SELECT d.day, d.model_version, d.predicted_digit, d.true_digit, d.confidence_bin,
-           sum(d.n), sum(d.confidence_sum)
-    FROM unnest(deltas) AS d
-    GROUP BY 1, 2, 3, 4, 5
-    ORDER BY 1, 2, 3, 4 NULLS FIRST, 5
-    ON CONFLICT ON CONSTRAINT prediction_daily_key DO UPDATE
-        SET n = t.n + excluded.n, confidence_sum = t.confidence_sum + excluded.confidence_sum;
-END;
-
--- One function for the three statement triggers. Transition tables hold every row a statement
--- changed, so a bulk insert or delete costs one grouped upsert, not one per row. Only the
+-- One function for the three statement triggers (plpgsql: its statements' plans are cached per
+-- connection). Transition tables hold every row a statement changed, so a bulk insert or delete
+-- costs one grouped upsert per roll-up, not one per row. Only the
 -- columns named here are read: columns added later (is_digit, ...) change nothing.
 CREATE FUNCTION prediction_rollup_trigger() RETURNS trigger
     LANGUAGE plpgsql
@@ -136,9 +112,29 @@ BEGIN
               (nw.created_at, nw.model_version, nw.predicted_digit, nw.true_digit,
                nw.confidence);
     END IF;
-    IF deltas IS NOT NULL THEN
-        PERFORM prediction_rollup_add(deltas);
+    IF deltas IS NULL THEN
+        RETURN NULL;
     END IF;
+    -- Totals first, then daily, each in key order: any two transactions lock the roll-up rows
+    -- they share in the same order, so they wait for each other briefly and never deadlock.
+    INSERT INTO prediction_totals AS t
+        (model_version, predicted_digit, true_digit, confidence_bin, n, confidence_sum)
+    SELECT d.model_version, d.predicted_digit, d.true_digit, d.confidence_bin,
+           sum(d.n), sum(d.confidence_sum)
+    FROM unnest(deltas) AS d
+    GROUP BY 1, 2, 3, 4
+    ORDER BY 1, 2, 3 NULLS FIRST, 4
+    ON CONFLICT ON CONSTRAINT prediction_totals_key DO UPDATE
+        SET n = t.n + excluded.n, confidence_sum = t.confidence_sum + excluded.confidence_sum;
+    INSERT INTO prediction_daily AS t
+        (day, model_version, predicted_digit, true_digit, confidence_bin, n, confidence_sum)
+    SELECT d.day, d.model_version, d.predicted_digit, d.true_digit, d.confidence_bin,
+           sum(d.n), sum(d.confidence_sum)
+    FROM unnest(deltas) AS d
+    GROUP BY 1, 2, 3, 4, 5
+    ORDER BY 1, 2, 3, 4 NULLS FIRST, 5
+    ON CONFLICT ON CONSTRAINT prediction_daily_key DO UPDATE
+        SET n = t.n + excluded.n, confidence_sum = t.confidence_sum + excluded.confidence_sum;
     RETURN NULL;
 END
 $$;
