@@ -6,7 +6,7 @@ statistics triggers on and off.
     python scripts/bench_queries.py --rows 200000 --write-requests 1200   # + triggers on vs off
 
 Starts a throwaway PostgreSQL (or creates, and afterwards drops, a database on the server of
---admin-url), fills it with N realistic predictions in SQL (120 days, in time order, three
+--admin-url), fills it with N realistic predictions in SQL (120 days or --days, in time order, three
 model versions, 20% corrected, confidences skewed high, real canvas drawings as PNGs), builds the
 statistics roll-up, starts the api and times over HTTP (median of --repeat):
 
@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import numpy as np
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.pg and tests.servers
 
 from digit_predictor.config import DEFAULT_MODEL_PATH  # noqa: E402
+from digit_predictor.db import Database, queries  # noqa: E402
 from digit_predictor.db.maintenance import rollup_differences  # noqa: E402
 from digit_predictor.db.migrate import migrate  # noqa: E402
 from digit_predictor.ml.canvas import pen_digit, to_png  # noqa: E402
@@ -152,7 +154,7 @@ def drawing_pool(small: bool) -> list[bytes]:
     return pool
 
 
-def fill(url: str, rows: int, small: bool, corrected: float) -> float:
+def fill(url: str, rows: int, small: bool, corrected: float, days: int = DAYS) -> float:
     """Insert `rows` predictions; returns rows per second (triggers off, roll-up built after)."""
     conn = psycopg2.connect(url)
     try:
@@ -167,7 +169,7 @@ def fill(url: str, rows: int, small: bool, corrected: float) -> float:
             with tqdm(total=rows, unit="row", desc="fill", unit_scale=True) as bar:
                 for lo in range(0, rows, CHUNK):
                     hi = min(lo + CHUNK, rows)
-                    params = {"lo": lo, "hi": hi, "rows": rows, "days": DAYS, "pool": POOL}
+                    params = {"lo": lo, "hi": hi, "rows": rows, "days": days, "pool": POOL}
                     cur.execute(FILL_SQL, {**params, "corrected": corrected})
                     bar.update(hi - lo)
             seconds = time.monotonic() - started
@@ -247,6 +249,32 @@ def measure_reads(api: ApiServer, url: str, repeat: int, skip_offset: bool) -> l
             deep = {"limit": 20, "offset": total - 60}
             ms, _ = timed(lambda: client.get("/v1/predictions", params=deep), repeat)
             timings.append(Timing("GET /v1/predictions?limit=20&offset=N-60 (old way)", ms))
+    return timings
+
+
+def measure_in_process(url: str, repeat: int) -> list[Timing]:
+    """The parts of /v1/stats, called as the api calls them: the roll-up reads and today's high
+    score (which still reads the table: its cost follows the number of rows per day)."""
+    tz = ZoneInfo("America/New_York")
+    db = Database(url, statement_timeout_ms=120_000)
+    parts: list[tuple[str, Callable[[], object]]] = [
+        ("queries.statistics (roll-ups)", lambda: queries.statistics(db, tz)),
+        ("queries.high_score_today (table)", lambda: queries.high_score_today(db, tz)),
+        ("queries.predictions_page (first page)", lambda: queries.predictions_page(db)),
+        ("queries.count_predictions (roll-up)", lambda: queries.count_predictions(db)),
+    ]
+    timings = []
+    try:
+        for what, call in parts:
+            call()
+            ms = []
+            for _ in range(repeat):
+                started = time.perf_counter()
+                call()
+                ms.append((time.perf_counter() - started) * 1000)
+            timings.append(Timing(what, ms))
+    finally:
+        db.close()
     return timings
 
 
@@ -352,6 +380,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, required=True, help="predictions to fill")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per read (median)")
     parser.add_argument("--corrected", type=float, default=0.2, help="share with feedback")
+    parser.add_argument(
+        "--days", type=int, default=DAYS, help="days the rows span (rows per day = rows / days)"
+    )
     parser.add_argument("--small-drawings", action="store_true", help="56x56 drawings (0.4 kB)")
     parser.add_argument("--skip-offset", action="store_true", help="skip the slow offset page")
     parser.add_argument("--admin-url", help="superuser URL of a server to create the db on")
@@ -364,8 +395,11 @@ def main() -> int:
     print(f"machine: {machine()}")
     with throwaway_database(args.admin_url) as url:
         migrate(url)
-        rate = fill(url, args.rows, args.small_drawings, args.corrected)
-        print(f"fill: {args.rows:,} rows at {rate:,.0f} rows/s (SQL, roll-up triggers off)")
+        rate = fill(url, args.rows, args.small_drawings, args.corrected, args.days)
+        print(
+            f"fill: {args.rows:,} rows over {args.days} days at {rate:,.0f} rows/s "
+            "(SQL, roll-up triggers off)"
+        )
         seconds = rebuild(url)
         print(
             f"roll-up built from {args.rows:,} rows in {seconds:.1f} s (what migration 0003 "
@@ -395,6 +429,9 @@ def main() -> int:
             for t in timings:
                 print(f"| {t.what} | {t.median:.1f} | {min(t.ms):.1f} | {max(t.ms):.1f} |")
             print("totals checked: /v1/stats and the list's total equal count(*) of the table")
+            print(f"\nin-process, median of {args.repeat} (ms):")
+            for t in measure_in_process(url, args.repeat):
+                print(f"| {t.what} | {t.median:.1f} | {min(t.ms):.1f} | {max(t.ms):.1f} |")
             if args.write_requests:
                 results = measure_writes(
                     api, url, args.write_requests, args.write_rounds, args.write_concurrency
