@@ -343,8 +343,9 @@ def statistics(db: Database, tz: ZoneInfo, *, days: int = 30) -> Statistics:
     first_day = datetime.now(tz).date() - timedelta(days=days - 1)
     with db.connection() as conn, conn.cursor() as cur:
         cur.execute(
+            # Summed exactly as numeric, read as float (a Decimal per row costs more).
             """SELECT model_version, predicted_digit, true_digit, confidence_bin, n,
-                      confidence_sum
+                      confidence_sum::float8
                FROM prediction_totals WHERE n <> 0"""
         )
         totals = cur.fetchall()
