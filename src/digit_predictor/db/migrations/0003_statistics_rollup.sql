@@ -185,6 +185,9 @@ BEGIN
     SELECT model_version, predicted_digit, true_digit, confidence_bin, sum(n), sum(confidence_sum)
     FROM prediction_daily
     GROUP BY 1, 2, 3, 4;
+    -- Fresh planner statistics now, not when autovacuum gets round to it: without them a
+    -- freshly built daily roll-up is read with a sequential scan.
+    ANALYZE prediction_totals, prediction_daily;
     SELECT coalesce(sum(n), 0) INTO counted FROM prediction_totals;
     RETURN counted;
 END
