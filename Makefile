@@ -33,5 +33,8 @@ typecheck: $(VENV)/.installed-dev
 unit: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m "not browser and not reliability"
 
+# Also deletes `make dev`'s PostgreSQL cluster, which lives outside the checkout
+# (`scripts/pg_cluster.sh dev-dir` says where).
 clean:
+	scripts/pg_cluster.sh destroy "$$(scripts/pg_cluster.sh dev-dir)"
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
