@@ -202,7 +202,10 @@ def test_requests_reach_both_api_replicas(replicas: Replicas, database_url: str)
     answered = answered_ids(result.outcomes)
 
     def per_replica_now() -> list[set[str]]:
-        return [set(predictions_served(api)) - seen for api, seen in zip(replicas.apis, before)]
+        return [
+            set(predictions_served(api)) - seen
+            for api, seen in zip(replicas.apis, before, strict=True)
+        ]
 
     # A request's log line is written just after its answer is sent.
     wait_for(lambda: sum(len(served) for served in per_replica_now()) >= len(answered), 10.0)
@@ -219,7 +222,7 @@ def test_requests_reach_both_api_replicas(replicas: Replicas, database_url: str)
 
 
 def test_clients_without_a_cookie_are_spread_over_both_web_replicas(replicas: Replicas) -> None:
-    seen = Counter()
+    seen: Counter[str] = Counter()
     for _ in range(16):
         answer = httpx.get(replicas.caddy.web_url + "/", timeout=10.0)
         assert answer.status_code == 200
@@ -271,14 +274,16 @@ def test_a_browser_session_stays_on_its_web_replica_across_reruns(
                 image = page.locator('[data-testid="stImage"] img').first
                 image.wait_for()
                 media.append(str(image.get_attribute("src")))
+            page.screenshot(path=str(ARTIFACTS / "sticky-session-result.png"))
             page.reload()  # a new session in the same browser: the cookie keeps the replica
             _wait_idle(page)
-            page.screenshot(path=str(ARTIFACTS / "sticky-session.png"))
+            page.screenshot(path=str(ARTIFACTS / "sticky-session-reloaded.png"))
         finally:
             context.close()
             browser.close()
 
     replicas_seen = {replica for _, _, replica in served_by}
+    print(f"\nbrowser: {len(served_by)} responses, all from web replica(s) {replicas_seen}")
     assert len(replicas_seen) == 1, served_by
     (replica,) = replicas_seen
     media_answers = [(path, status) for path, status, _ in served_by if path.startswith("/media/")]
@@ -340,7 +345,7 @@ def test_sigterm_to_one_api_replica_under_load_loses_nothing(
     after = [len(predictions_served(api)) for api in replicas.apis]
     print(
         f"\nload through SIGTERM to one of two api replicas: {statuses} in {result.seconds:.1f} s;"
-        f" served {[a - b for a, b in zip(after, served_before)]} per replica;"
+        f" served {[a - b for a, b in zip(after, served_before, strict=True)]} per replica;"
         f" shutdown took {stopped_at - sigterm_at:.1f} s"
     )
 
