@@ -281,7 +281,8 @@ def test_every_pod_is_non_root_read_only_and_unprivileged(
     for component, workload in workloads(docs).items():
         spec = pod_spec(workload)
         assert spec["securityContext"]["runAsNonRoot"] is True, component
-        assert spec["securityContext"]["runAsUser"] == 10001  # the images' user
+        # The images' own user, so runAsNonRoot never meets a root image.
+        assert spec["securityContext"]["runAsUser"] == 10001
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert spec["automountServiceAccountToken"] is False, component
         container = _container(workload)
@@ -298,6 +299,12 @@ def test_every_pod_is_non_root_read_only_and_unprivileged(
             assert "emptyDir" in volume or mount.get("readOnly") is True, (component, mount)
             if "emptyDir" in volume:
                 assert volume["emptyDir"].get("sizeLimit"), (component, mount)
+
+
+def test_the_images_run_as_the_user_the_pods_ask_for() -> None:
+    for dockerfile in ("Dockerfile.api", "Dockerfile.web"):
+        users = re.findall(r"^USER (\S+)$", (ROOT / dockerfile).read_text(), re.M)
+        assert users[-1:] == ["10001:10001"], dockerfile
 
 
 def test_api_and_web_spread_across_nodes(overlay: tuple[str, list[Doc]]) -> None:
