@@ -274,6 +274,8 @@ def test_a_browser_session_stays_on_its_web_replica_across_reruns(
                 image = page.locator('[data-testid="stImage"] img').first
                 image.wait_for()
                 media.append(str(image.get_attribute("src")))
+                page.get_by_role("button", name="Clear", exact=True).click()  # one more rerun
+                _wait_idle(page)
             page.screenshot(path=str(ARTIFACTS / "sticky-session-result.png"))
             page.reload()  # a new session in the same browser: the cookie keeps the replica
             _wait_idle(page)
