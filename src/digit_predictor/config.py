@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     max_image_side: int = Field(default=2048, ge=28)
     request_timeout_s: float = Field(default=10.0, gt=0)
     write_queue_size: int = Field(default=10_000, ge=1)
+    # On SIGTERM the api first fails /readyz for this long, still serving, so that a load
+    # balancer polling /readyz stops sending before the listener closes (0: stop at once).
+    shutdown_drain_s: float = Field(default=0.0, ge=0, le=60)
 
     high_score_tz: str = "America/New_York"
     debug: bool = False
