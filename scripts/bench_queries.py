@@ -43,16 +43,13 @@ import numpy as np
 import psycopg2
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # for tests.pg and tests.servers
-
-from digit_predictor.config import DEFAULT_MODEL_PATH  # noqa: E402
-from digit_predictor.db import Database, queries  # noqa: E402
-from digit_predictor.db.maintenance import rollup_differences  # noqa: E402
-from digit_predictor.db.migrate import migrate  # noqa: E402
-from digit_predictor.ml.canvas import pen_digit, to_png  # noqa: E402
-from tests.pg import start_cluster, with_database  # noqa: E402
-from tests.servers import ApiServer, api_env, start_api  # noqa: E402
+from digit_predictor.config import DEFAULT_MODEL_PATH
+from digit_predictor.db import Database, queries
+from digit_predictor.db.maintenance import rollup_differences
+from digit_predictor.db.migrate import migrate
+from digit_predictor.ml.canvas import pen_digit, to_png
+from digit_predictor.testing.api_server import ApiServer, api_env, start_api
+from digit_predictor.testing.postgres import start_cluster, with_database
 
 DAYS = 120
 CHUNK = 250_000  # rows per INSERT statement while filling

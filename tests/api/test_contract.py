@@ -165,7 +165,7 @@ def test_list_pages_with_a_cursor(client: httpx.Client) -> None:
     ],
 )
 def test_a_bad_cursor_is_a_clear_4xx(
-    client: httpx.Client, params: dict[str, object], status: int, says: str
+    client: httpx.Client, params: dict[str, int | str], status: int, says: str
 ) -> None:
     post_drawing(client, drawings.drawing_png(4))
     response = client.get("/v1/predictions", params=params)

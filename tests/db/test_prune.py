@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,7 @@ from digit_predictor.db.queries import (
     record_feedback,
     statistics,
 )
+from digit_predictor.testing.api_server import app_free_environ
 from tests.db.test_rollup import NY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,9 +55,7 @@ def _drawings(url: str) -> dict[int, bool]:
 
 
 def _env(url: str, **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    for name in ("DATABASE_URL", "DRAWING_RETENTION_DAYS", "HIGH_SCORE_TZ"):
-        env.pop(name, None)
+    env = {k: v for k, v in app_free_environ().items() if not k.startswith("PG")}
     if PG_BIN:
         env["PATH"] = f"{PG_BIN[-1]}:{env['PATH']}"
     return {**env, "DATABASE_URL": url, "PYTHON": sys.executable, **settings}

@@ -176,9 +176,14 @@ def test_every_kind_of_write_keeps_the_rollup_exact(database_url: str, db: Datab
     _assert_exact(database_url, db)
     assert count_predictions(db) == 319
 
-    _execute(database_url, "TRUNCATE predictions")
+    # The statement the `database_url` fixture runs between tests: it empties the roll-ups too.
+    _execute(database_url, "TRUNCATE predictions, models RESTART IDENTITY")
     assert count_predictions(db) == 0
     assert statistics(db, NY).per_version == []
+    assert _execute(
+        database_url,
+        "SELECT (SELECT count(*) FROM prediction_totals), (SELECT count(*) FROM prediction_daily)",
+    ) == [(0, 0)]
     _assert_exact(database_url, db)
 
 
@@ -332,7 +337,7 @@ def test_a_new_time_zone_setting_rebuilds_the_daily_rollup(database_url: str, db
 
 
 def test_migrate_command_syncs_the_time_zone(
-    database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch
+    database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from digit_predictor.config import get_settings
     from digit_predictor.db.__main__ import main
@@ -340,6 +345,8 @@ def test_migrate_command_syncs_the_time_zone(
     _add(db, 1, 0.9)
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("HIGH_SCORE_TZ", "Asia/Kathmandu")
+    # No shipped model to register: a new champion here would swap the session's api servers.
+    monkeypatch.setenv("MODEL_PATH", str(tmp_path / "no-model.pt"))
     get_settings.cache_clear()
     try:
         assert main(["migrate"]) == 0

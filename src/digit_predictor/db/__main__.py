@@ -1,7 +1,8 @@
 """`python -m digit_predictor.db COMMAND`
 
-migrate [--wait SECONDS]       apply pending migrations, then put the statistics roll-up's
-                               days in HIGH_SCORE_TZ (rebuilding it if the setting changed)
+migrate [--wait SECONDS]       apply pending migrations, put the statistics roll-up's days in
+                               HIGH_SCORE_TZ (rebuilding it if the setting changed), then
+                               register the shipped model as the first champion
 rebuild-rollup                 recount the statistics roll-up from every prediction
 check-rollup                   compare the roll-up with a full recount; exit 1 on a difference
 prune-drawings [--older-than-days N] [--dry-run]
@@ -15,15 +16,17 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 import psycopg2
 
 from digit_predictor.config import get_settings
-from digit_predictor.db import maintenance
+from digit_predictor.db import maintenance, registry
 from digit_predictor.db.migrate import migrate
+from digit_predictor.db.pool import Database
 
 
-def _migrate(dsn: str, wait_s: float, time_zone: str) -> int:
+def _migrate(dsn: str, wait_s: float, time_zone: str, model_path: Path) -> int:
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -41,6 +44,15 @@ def _migrate(dsn: str, wait_s: float, time_zone: str) -> int:
             f"statistics roll-up rebuilt with days in {rebuilt.time_zone}: "
             f"{rebuilt.predictions} predictions in {rebuilt.seconds:.1f} s"
         )
+    if model_path.is_file():
+        # The shipped weights become the first champion (idempotent), so every api process
+        # serves the registry's champion from its first request.
+        db = Database(dsn, max_size=1)
+        try:
+            shipped = registry.register_shipped(db, model_path)
+        finally:
+            db.close()
+        print(f"shipped model {shipped.version}: {shipped.status}")
     return 0
 
 
@@ -92,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     dsn = settings.dsn
     try:
         if args.command == "migrate":
-            return _migrate(dsn, args.wait, settings.high_score_tz)
+            return _migrate(dsn, args.wait, settings.high_score_tz, settings.model_path)
         if args.command == "rebuild-rollup":
             done = maintenance.rebuild_rollup(dsn, settings.high_score_tz)
             print(f"statistics roll-up rebuilt: {done.predictions} predictions")

@@ -11,6 +11,7 @@ import streamlit as st
 from digit_predictor.db.queries import Statistics
 from digit_predictor.web import charts, data, resources
 from digit_predictor.web.ui import db_unavailable_message, guarded
+from digit_predictor.web.views.models import render_models_section
 
 DAYS = 30
 
@@ -68,6 +69,7 @@ def render() -> None:
 
     if stats.total_predictions == 0:
         st.info("No predictions yet: draw a digit on the Draw page.", icon=":material/draw:")
+        render_models_section()
         return
 
     left, right = st.columns(2, gap="large")
@@ -97,7 +99,8 @@ def render() -> None:
     with reliability:
         _reliability(stats)
 
-    # The "Models" section (registry: live version, since when, its gate table) goes here.
+    # The registry: the live version, since when, its gate table.
+    render_models_section()
 
 
 guarded(render)
