@@ -23,35 +23,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from digit_predictor.config import Settings
+
 # Settings the app reads (digit_predictor.config.Settings); never inherited from the caller.
-APP_SETTINGS = (
-    "DATABASE_URL",
-    "DB_HOST",
-    "DB_PORT",
-    "DB_NAME",
-    "DB_USER",
-    "DB_PASSWORD",
-    "DB_POOL_MIN",
-    "DB_POOL_MAX",
-    "DB_STATEMENT_TIMEOUT_MS",
-    "DB_CONNECT_TIMEOUT_S",
-    "API_URL",
-    "API_KEY",
-    "MODEL_PATH",
-    "MAX_UPLOAD_BYTES",
-    "MAX_IMAGE_SIDE",
-    "REQUEST_TIMEOUT_S",
-    "WRITE_QUEUE_SIZE",
-    "HIGH_SCORE_TZ",
-    "DEBUG",
-)
+APP_SETTINGS = tuple(name.upper() for name in Settings.model_fields)
 
 
 def wait_for(
@@ -193,11 +175,11 @@ def start_api(
     *,
     ready_path: str = "/healthz",
     timeout_s: float = 60.0,
-    uvicorn_args: Sequence[str] = (),
     log_dir: str | os.PathLike[str] | None = None,
     port: int | None = None,
+    workers: int = 1,
 ) -> ApiServer:
-    """Start `uvicorn digit_predictor.api.main:app` on a loopback port and wait for it.
+    """Start `python -m digit_predictor.api` on a loopback port and wait for it.
 
     `port` pins the address (a restart "at the same place", as a container restart would);
     by default a free port is picked. The caller owns the result: call `cleanup()` (or use
@@ -212,21 +194,17 @@ def start_api(
         workdir = tempfile.TemporaryDirectory(prefix="digit-api-")
         log_path = Path(log_dir or workdir.name) / f"api-{time.time_ns()}.log"
         bind_port = port or free_port()
+        process_env = {
+            **full_env,
+            "API_HOST": "127.0.0.1",
+            "API_PORT": str(bind_port),
+            "API_WORKERS": str(workers),
+        }
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "digit_predictor.api.main:app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(bind_port),
-                    *uvicorn_args,
-                ],
+                [sys.executable, "-m", "digit_predictor.api"],
                 cwd=workdir.name,
-                env=full_env,
+                env=process_env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
@@ -235,7 +213,7 @@ def start_api(
             port=bind_port,
             process=process,
             log_path=log_path,
-            env=full_env,
+            env=process_env,
             _workdir=workdir,
         )
         try:

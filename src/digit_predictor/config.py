@@ -39,6 +39,11 @@ class Settings(BaseSettings):
 
     # Services.
     api_url: str = "http://127.0.0.1:8000"
+    # Where `python -m digit_predictor.api` listens, and how many processes serve (None: the
+    # CPUs this process may use, see digit_predictor.api.__main__.usable_cpus).
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_workers: int | None = Field(default=None, ge=1, le=64)
     api_key: str | None = None
     model_path: Path = DEFAULT_MODEL_PATH
 
@@ -47,6 +52,8 @@ class Settings(BaseSettings):
     max_image_side: int = Field(default=2048, ge=28)
     request_timeout_s: float = Field(default=10.0, gt=0)
     write_queue_size: int = Field(default=10_000, ge=1)
+    # How long a request waits for its row to be committed before answering 202 (queued).
+    write_wait_ms: int = Field(default=200, ge=0, le=10_000)
 
     high_score_tz: str = "America/New_York"
     debug: bool = False

@@ -7,9 +7,9 @@ import time
 
 import psycopg2
 import pytest
+from digit_predictor.api.write_queue import PredictionStore, QueueFull, WriteQueue
 
 from digit_predictor.api.metrics import Metrics
-from digit_predictor.api.write_queue import PredictionStore, QueueFull, WriteQueue
 from digit_predictor.db import Database, DatabaseUnavailable, queries
 from digit_predictor.db.queries import NewPrediction
 from tests.servers import wait_for

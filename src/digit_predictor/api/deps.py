@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from digit_predictor.api.metrics import Metrics
 from digit_predictor.api.predictor import Predictor
-from digit_predictor.api.write_queue import PredictionStore
+from digit_predictor.api.writer import PredictionStore
 from digit_predictor.config import Settings
 from digit_predictor.db import Database
 from digit_predictor.ml.inference import Classifier
@@ -42,6 +42,14 @@ async def get_db(services: ServicesDep) -> Database:
     return services.db
 
 
+async def get_predictor(services: ServicesDep) -> Predictor:
+    return services.predictor
+
+
+async def get_store(services: ServicesDep) -> PredictionStore:
+    return services.store
+
+
 async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
@@ -49,4 +57,6 @@ async def get_metrics(request: Request) -> Metrics:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+StoreDep = Annotated[PredictionStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

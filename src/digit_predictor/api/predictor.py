@@ -3,6 +3,7 @@ callers run it in a worker thread, never on the event loop."""
 
 from __future__ import annotations
 
+import base64
 import io
 import time
 from dataclasses import dataclass
@@ -21,13 +22,18 @@ class Outcome:
     probabilities: list[float]
     latency_ms: float
     model_input: np.ndarray  # uint8 (28, 28): exactly what the model saw
+    model_version: str  # of the model that made this prediction
 
     def model_input_png(self) -> bytes:
         out = io.BytesIO()
+        # 28x28 grey: fastest zlib level, the size hardly differs at this scale.
         Image.fromarray(np.ascontiguousarray(self.model_input, dtype=np.uint8)).save(
-            out, format="PNG"
+            out, format="PNG", compress_level=1
         )
         return out.getvalue()
+
+    def model_input_png_base64(self) -> str:
+        return base64.b64encode(self.model_input_png()).decode("ascii")
 
 
 class Predictor:
@@ -42,8 +48,9 @@ class Predictor:
     def predict(self, data: bytes) -> Outcome:
         """Raises InvalidImageError or EmptyDrawingError (both ValueError) for bad drawings."""
         started = time.perf_counter()
+        classifier = self.classifier  # one model for the whole prediction, even mid-swap
         pre = preprocess_bytes(data, max_side=self.max_side)
-        probs = self.classifier.predict_proba(pre.tensor.unsqueeze(0))[0]
+        probs = classifier.predict_proba(pre.tensor.unsqueeze(0))[0]
         digit = int(probs.argmax())
         # Softmax in float64 sums to 1 within rounding; clip guards the [0, 1] check constraint.
         probabilities = [min(max(float(p), 0.0), 1.0) for p in probs]
@@ -53,4 +60,5 @@ class Predictor:
             probabilities=probabilities,
             latency_ms=(time.perf_counter() - started) * 1000.0,
             model_input=pre.image,
+            model_version=classifier.version,
         )
