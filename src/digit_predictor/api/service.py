@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from digit_predictor.api.metrics import Metrics
 from digit_predictor.api.predictor import Outcome, Predictor
@@ -40,6 +41,7 @@ def predict_and_store(
         latency_ms=outcome.latency_ms,
         source=source or None,
         request_id=request_id,
+        created_at=datetime.now(UTC),  # the answer says it, even when the row is queued
     )
     row_id = store.save(row)
     metrics.predictions.labels(digit=str(outcome.digit)).inc()

@@ -196,8 +196,10 @@ class GroupCommitWriter:
                         extra={"queued": len(self), "error": str(exc)},
                     )
                 self._failing = True
-                # While flushing at shutdown: retry often, but do not spin.
-                self._wake.wait(min(backoff, 0.25) if self._closing else backoff)
+                if self._closing:  # flushing at shutdown: retry often, but do not spin
+                    time.sleep(min(backoff, 0.25))
+                else:
+                    self._wake.wait(backoff)
                 backoff = min(backoff * 2.0, self._backoff_max_s)
             except Exception:  # a bug, not the database: keep the rows, keep the thread alive
                 log.exception("unexpected error writing prediction rows; retrying")
@@ -211,15 +213,13 @@ class GroupCommitWriter:
     def _store(self, batch: list[Pending]) -> None:
         try:
             ids = self._write_batch([p.row for p in batch])
-        except RowRejected:
+        except RowRejected as exc:
             if len(batch) == 1:
-                raise
+                self._reject(batch[0], exc)
+                return
             # One bad row fails its whole batch: write them one by one to find it.
             for pending in batch:
-                try:
-                    self._store([pending])
-                except RowRejected as exc:
-                    self._reject(pending, exc)
+                self._store([pending])
             return
         for pending in batch:
             pending.id = ids.get(pending.row.request_id)

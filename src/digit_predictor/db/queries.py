@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -42,7 +42,7 @@ class NewPrediction:
     source: str | None = None
     # Set by the api so that a retried write (after a database outage) stays one row.
     request_id: uuid.UUID = field(default_factory=uuid.uuid4)
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    created_at: datetime | None = None  # None: the database's now()
 
     def values(self) -> tuple[Any, ...]:
         return tuple(
@@ -54,6 +54,9 @@ class NewPrediction:
 NEW_PREDICTION_COLUMNS = tuple(f.name for f in fields(NewPrediction))
 _INSERT = f"""INSERT INTO predictions ({", ".join(NEW_PREDICTION_COLUMNS)}) VALUES %s
               ON CONFLICT (request_id) DO NOTHING"""
+_ROW_TEMPLATE = "({})".format(
+    ", ".join("COALESCE(%s, now())" if c == "created_at" else "%s" for c in NEW_PREDICTION_COLUMNS)
+)
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ def insert_predictions(db: Database, rows: Sequence[NewPrediction]) -> dict[uuid
             cur,
             _INSERT + " RETURNING request_id, id",
             [row.values() for row in rows],
+            template=_ROW_TEMPLATE,
             page_size=len(rows),
             fetch=True,
         )

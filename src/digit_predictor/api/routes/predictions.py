@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Response, UploadFile
@@ -148,7 +149,7 @@ def create_prediction(
         confidence=outcome.confidence,
         probabilities=outcome.probabilities,
         model_version=row.model_version,
-        created_at=row.created_at,
+        created_at=row.created_at or datetime.now(UTC),
         latency_ms=outcome.latency_ms,
         source=row.source,
         model_input_png=outcome.model_input_png_base64(),
