@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=10.0, gt=0)
     write_queue_size: int = Field(default=10_000, ge=1)
     # How long a request waits for its row to be committed before answering 202 (queued).
-    write_wait_ms: int = Field(default=200, ge=0, le=10_000)
+    # While PostgreSQL is known to be away nobody waits; this only bounds a slow commit.
+    write_wait_ms: int = Field(default=1000, ge=0, le=10_000)
 
     high_score_tz: str = "America/New_York"
     debug: bool = False

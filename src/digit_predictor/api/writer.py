@@ -185,7 +185,10 @@ class GroupCommitWriter:
 
     def _run(self) -> None:
         backoff = self._backoff_initial_s
+        draining_since: float | None = None  # since the database came back, until caught up
+        drained = 0
         while (batch := self._next_batch()) is not None:
+            attempt_started = time.monotonic()
             try:
                 self._store(batch)
             except DatabaseUnavailable as exc:
@@ -206,9 +209,25 @@ class GroupCommitWriter:
                 self._wake.wait(self._backoff_max_s)
             else:
                 if self._failing:
-                    log.warning("database back: writing queued rows", extra={"queued": len(self)})
+                    log.warning(
+                        "database back: writing queued rows",
+                        extra={"queued": len(self), "first_batch_rows": len(batch)},
+                    )
+                    draining_since = attempt_started
+                    drained = 0
                 self._failing = False
                 backoff = self._backoff_initial_s
+                if draining_since is not None:
+                    drained += len(batch)
+                    if len(batch) < self._batch_rows:  # caught up: this batch was not full
+                        log.warning(
+                            "write backlog drained",
+                            extra={
+                                "rows_written": drained,
+                                "seconds": round(time.monotonic() - draining_since, 3),
+                            },
+                        )
+                        draining_since = None
 
     def _store(self, batch: list[Pending]) -> None:
         try:
@@ -254,7 +273,7 @@ class PredictionStore:
     to PostgreSQL. Built once per process by the lifespan; routes get it as `StoreDep`."""
 
     def __init__(
-        self, db: Database, *, metrics: Metrics, max_rows: int, wait_s: float = 0.2
+        self, db: Database, *, metrics: Metrics, max_rows: int, wait_s: float = 1.0
     ) -> None:
         self.db = db
         self.wait_s = wait_s
