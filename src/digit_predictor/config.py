@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # How long a request waits for its row to be committed before answering 202 (queued).
     # While PostgreSQL is known to be away nobody waits; this only bounds a slow commit.
     write_wait_ms: int = Field(default=1000, ge=0, le=10_000)
+    # Where rows answered 202 are also kept on disk (SQLite), so that a worker killed during a
+    # database outage loses nothing; unset: memory only.
+    write_spool_dir: Path | None = None
 
     high_score_tz: str = "America/New_York"
     debug: bool = False

@@ -12,7 +12,7 @@ from digit_predictor.db import Database, queries
 from tests.api import drawings
 from tests.api.test_outage import database_down, post
 from tests.pg import PostgresServer
-from tests.servers import CLEAN_EXIT, api_env, api_server
+from tests.servers import CLEAN_EXIT, api_env, api_server, wait_for
 
 
 def _files(tmp_path: Path, **contents: str) -> dict[str, Path]:
@@ -77,3 +77,24 @@ def test_graceful_stop_flushes_every_workers_queue(
     assert not any("could not be written" in r.get("msg", "") for r in records)
     stored = {str(r.request_id) for r in queries.recent_predictions(db, limit=100)}
     assert stored == {r.json()["request_id"] for r in queued}
+
+
+def test_with_a_spool_a_worker_killed_during_an_outage_loses_nothing(
+    pg_server: PostgresServer, database_url: str, model_path: Path, db: Database, tmp_path: Path
+) -> None:
+    pg_server.require_control()
+    env = api_env(database_url, model_path, write_spool_dir=tmp_path / "spool")
+    with database_down(pg_server), api_server(env) as api:
+        with api.client() as client:
+            queued = [post(client, drawings.drawing_png(1, shift=(i, 0))) for i in range(5)]
+        assert [r.status_code for r in queued] == [202] * 5
+        api.kill()  # SIGKILL: no lifespan, no flush
+    assert list((tmp_path / "spool").glob("spool-*.sqlite"))  # the rows are on disk
+    # PostgreSQL is back; a new api with the same spool takes the dead worker's rows over.
+    with api_server(env) as api, api.client() as client:
+        wait_for(lambda: queries.count_predictions(db) == 5)
+        assert client.get("/readyz").json()["queued_writes"] == 0
+        api.stop()
+    stored = {str(r.request_id) for r in queries.recent_predictions(db, limit=100)}
+    assert stored == {r.json()["request_id"] for r in queued}
+    assert list((tmp_path / "spool").glob("spool-*")) == []  # written, then removed

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pytest
 
 from digit_predictor.api.metrics import Metrics
+from digit_predictor.api.spool import Spool
 from digit_predictor.api.writer import GroupCommitWriter, PredictionStore, QueueFull
 from digit_predictor.db import Database, DatabaseUnavailable, RowRejected, queries
 from digit_predictor.db.queries import NewPrediction
@@ -233,3 +236,37 @@ def test_store_queues_when_the_database_is_unreachable() -> None:
     assert store.queued == 2
     assert metric(metrics, "digit_api_database_up") == 0
     assert store.close(0.2) == 2
+
+
+def test_rows_answered_202_wait_on_disk_and_leave_it_once_written(tmp_path: Path) -> None:
+    db = FlakyDatabase()
+    db.down.set()
+    spool = Spool(tmp_path)
+    writer = make_writer(db, spool=spool)  # type: ignore[arg-type]
+    writer.start()
+    rows = [row(i) for i in range(5)]
+    assert [writer.save(r, wait_s=0.2) for r in rows] == [None] * 5
+    assert len(spool) == 5
+    db.down.clear()
+    wait_for(lambda: len(writer) == 0)
+    assert len(spool) == 0  # written: gone from disk
+    assert writer.close(1.0) == 0
+    spool.close(keep=False)
+    assert list(tmp_path.glob("spool-*")) == []
+
+
+def test_a_new_worker_takes_over_the_spool_of_one_that_died(tmp_path: Path) -> None:
+    dead = Spool(tmp_path)
+    rows = [row(i) for i in range(3)]
+    for r in rows:
+        dead.add(r)
+    # Only the live owner's lock keeps others out; a second worker must leave it alone.
+    alive = Spool(tmp_path)
+    assert alive.adopt_orphans() == []
+    os.close(dead._lock_fd)  # the owner dies (the kernel drops its lock), file left behind
+    taken = alive.adopt_orphans()
+    assert [r.request_id for r in taken] == [r.request_id for r in rows]
+    assert taken[0] == rows[0]  # every field, image and time included
+    assert not dead.path.exists()
+    assert len(alive) == 3  # on disk again, in the new owner's spool
+    alive.close(keep=False)

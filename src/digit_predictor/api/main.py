@@ -75,6 +75,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         metrics=metrics,
         max_rows=settings.write_queue_size,
         wait_s=settings.write_wait_ms / 1000.0,
+        spool_dir=settings.write_spool_dir,
     )
     start_migrations(settings)
     store.start()

@@ -20,8 +20,10 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from digit_predictor.api.metrics import Metrics
+from digit_predictor.api.spool import Spool
 from digit_predictor.db import Database, DatabaseUnavailable, RowRejected
 from digit_predictor.db.queries import (
     NewPrediction,
@@ -50,14 +52,15 @@ class QueueFull(RuntimeError):
 class Pending:
     """One row on its way to PostgreSQL; `done` is set once it is stored or refused."""
 
-    __slots__ = ("done", "error", "id", "row", "size")
+    __slots__ = ("done", "error", "id", "row", "size", "spooled")
 
-    def __init__(self, row: NewPrediction) -> None:
+    def __init__(self, row: NewPrediction, *, spooled: bool = False) -> None:
         self.row = row
         self.size = len(row.image_data)
         self.done = threading.Event()
         self.id: int | None = None
         self.error: RowRejected | None = None
+        self.spooled = spooled  # also on local disk (answered 202): remove it once written
 
 
 class GroupCommitWriter:
@@ -72,8 +75,10 @@ class GroupCommitWriter:
         batch_bytes: int = BATCH_BYTES,
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 0.5,
+        spool: Spool | None = None,
     ) -> None:
         self._write_batch = write_batch
+        self._spool = spool
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self._batch_rows = batch_rows
@@ -104,12 +109,18 @@ class GroupCommitWriter:
         # While the database is known to be away, waiting would only slow every answer down.
         if not self._failing:
             pending.done.wait(wait_s)
+        if self._spool is not None and not pending.done.is_set():
+            with self._cond:
+                pending.spooled = not pending.done.is_set()
+            if pending.spooled:
+                # On disk before the 202 goes out: a worker killed now loses nothing.
+                self._spool.add(row)
         if pending.error is not None:
             raise pending.error
         return pending.id
 
-    def submit(self, row: NewPrediction) -> Pending:
-        pending = Pending(row)
+    def submit(self, row: NewPrediction, *, spooled: bool = False) -> Pending:
+        pending = Pending(row, spooled=spooled)
         with self._cond:
             if self._closing:
                 raise QueueFull("the api is shutting down")
@@ -264,8 +275,10 @@ class GroupCommitWriter:
                 front = self._items.popleft()
                 assert front is pending
                 self._bytes -= pending.size
-        for pending in settled:
-            pending.done.set()
+                pending.done.set()
+            spooled = [p.row.request_id for p in settled if p.spooled]
+        if spooled and self._spool is not None:
+            self._spool.remove(spooled)
 
 
 class PredictionStore:
@@ -273,12 +286,22 @@ class PredictionStore:
     to PostgreSQL. Built once per process by the lifespan; routes get it as `StoreDep`."""
 
     def __init__(
-        self, db: Database, *, metrics: Metrics, max_rows: int, wait_s: float = 1.0
+        self,
+        db: Database,
+        *,
+        metrics: Metrics,
+        max_rows: int,
+        wait_s: float = 1.0,
+        spool_dir: Path | None = None,
     ) -> None:
         self.db = db
         self.wait_s = wait_s
+        self.spool = Spool(spool_dir) if spool_dir is not None else None
         self.writer = GroupCommitWriter(
-            lambda rows: insert_predictions(db, rows), max_rows=max_rows, metrics=metrics
+            lambda rows: insert_predictions(db, rows),
+            max_rows=max_rows,
+            metrics=metrics,
+            spool=self.spool,
         )
         # The pool records how its last attempt went; the gauge only reads it.
         metrics.db_up.set_function(lambda: 1.0 if db.is_up else 0.0)
@@ -298,9 +321,19 @@ class PredictionStore:
 
     def start(self) -> None:
         self.db.warm_up()
+        if self.spool is not None:
+            for row in self.spool.adopt_orphans():
+                try:
+                    self.writer.submit(row, spooled=True)
+                except QueueFull:
+                    # Still on disk in this worker's spool: the next start takes them over.
+                    log.error("write queue full while taking over spooled rows")
+                    break
         self.writer.start()
 
     def close(self, flush_timeout_s: float = 5.0) -> int:
         left = self.writer.close(flush_timeout_s)
+        if self.spool is not None:
+            self.spool.close(keep=left > 0)  # unwritten rows wait on disk for the next start
         self.db.close()
         return left

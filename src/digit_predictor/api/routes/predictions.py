@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response as StarletteResponse
 
@@ -228,7 +229,7 @@ class FeedbackRoute(APIRoute):
                 return await handler(request)
             except RequestValidationError as exc:
                 raise InvalidBody(exc.errors(), FEEDBACK_BODY) from exc
-            except HTTPException as exc:
+            except StarletteHTTPException as exc:
                 if exc.status_code != 400:  # 400: FastAPI could not parse the body at all
                     raise
                 raise InvalidBody(
