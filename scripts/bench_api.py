@@ -6,8 +6,9 @@
 
 One run prints, for concurrency 1, 8 and 32: p50/p95/p99 latency and throughput of
 `POST /v1/predictions` (a real `python -m digit_predictor.api` with `--workers` processes,
-request logging on, every row written to PostgreSQL, loopback), the api process's CPU time per request when it runs here, and the
-in-process decode+preprocess+model time for the same drawings as the floor.
+request logging on, every row written to PostgreSQL, loopback), the api process's CPU time
+per request when it runs here, and the in-process decode+preprocess+model time for the same
+drawings as the floor.
 
 The load generator is a minimal keep-alive HTTP/1.1 client on asyncio with the request bytes
 prepared up front, so that on a small machine the client takes as little CPU from the api as
