@@ -63,10 +63,26 @@ def metric(metrics: Metrics, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-def make_writer(db: FlakyDatabase, max_rows: int = 1000, **kwargs: float) -> GroupCommitWriter:
-    kwargs.setdefault("backoff_initial_s", 0.01)
-    kwargs.setdefault("backoff_max_s", 0.05)
-    return GroupCommitWriter(db, max_rows=max_rows, metrics=Metrics(), **kwargs)  # type: ignore[arg-type]
+def make_writer(
+    db: FlakyDatabase,
+    max_rows: int = 1000,
+    *,
+    batch_rows: int = 500,
+    batch_bytes: int = 4 * 1024 * 1024,
+    backoff_initial_s: float = 0.01,
+    backoff_max_s: float = 0.05,
+    spool: Spool | None = None,
+) -> GroupCommitWriter:
+    return GroupCommitWriter(
+        db,
+        max_rows=max_rows,
+        metrics=Metrics(),
+        batch_rows=batch_rows,
+        batch_bytes=batch_bytes,
+        backoff_initial_s=backoff_initial_s,
+        backoff_max_s=backoff_max_s,
+        spool=spool,
+    )
 
 
 def test_a_request_gets_its_own_id_when_the_database_answers() -> None:
@@ -242,7 +258,7 @@ def test_rows_answered_202_wait_on_disk_and_leave_it_once_written(tmp_path: Path
     db = FlakyDatabase()
     db.down.set()
     spool = Spool(tmp_path)
-    writer = make_writer(db, spool=spool)  # type: ignore[arg-type]
+    writer = make_writer(db, spool=spool)
     writer.start()
     rows = [row(i) for i in range(5)]
     assert [writer.save(r, wait_s=0.2) for r in rows] == [None] * 5
