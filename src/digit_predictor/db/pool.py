@@ -90,9 +90,11 @@ class Database:
         return bool(self._up)
 
     @contextmanager
-    def connection(self) -> Iterator[Connection]:
+    def connection(self, *, autocommit: bool = False) -> Iterator[Connection]:
         """Borrow a connection; commit on success, roll back on error, discard it if broken.
 
+        `autocommit`: each statement is its own transaction, with no BEGIN and COMMIT round
+        trips around it (for a single statement that is atomic by itself).
         Raises DatabaseUnavailable or RowRejected for anything the driver raises.
         """
         if not self._slots.acquire(timeout=self._borrow_timeout_s):
@@ -102,6 +104,7 @@ class Database:
             borrowed_at = time.monotonic()
             broken = False
             try:
+                conn.autocommit = autocommit  # client-side only: nothing is sent
                 yield conn
                 conn.commit()
             except BaseException as exc:
@@ -122,6 +125,11 @@ class Database:
             else:
                 self._up = True
             finally:
+                if autocommit and not (broken or conn.closed):
+                    try:
+                        conn.autocommit = False
+                    except psycopg2.Error:
+                        broken = True
                 self._give_back(conn, broken=broken or bool(conn.closed))
         finally:
             self._slots.release()

@@ -131,7 +131,8 @@ def insert_predictions(db: Database, rows: Sequence[NewPrediction]) -> dict[uuid
     """
     if not rows:
         return {}
-    with db.connection() as conn, conn.cursor() as cur:
+    # One statement is atomic by itself: autocommit spares the BEGIN and COMMIT round trips.
+    with db.connection(autocommit=True) as conn, conn.cursor() as cur:
         returned = psycopg2.extras.execute_values(
             cur,
             _INSERT + " RETURNING request_id, id",
