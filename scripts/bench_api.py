@@ -11,8 +11,8 @@ in-process decode+preprocess+model time for the same drawings as the floor.
 
 The load generator is a minimal keep-alive HTTP/1.1 client on asyncio with the request bytes
 prepared up front, so that on a small machine the client takes as little CPU from the api as
-possible. Drawings are 64 synthetic canvas drawings (digit_predictor.ml.canvas), RGBA PNGs as
-the web app sends them.
+possible. Drawings are 64 synthetic canvas drawings (digit_predictor.ml.synthetic_digits), RGBA
+PNGs as the web app sends them.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.servers
 
 from digit_predictor.config import DEFAULT_MODEL_PATH  # noqa: E402
-from digit_predictor.ml.canvas import pen_digit, to_png  # noqa: E402
 from digit_predictor.ml.inference import Classifier  # noqa: E402
 from digit_predictor.ml.preprocess import preprocess_bytes  # noqa: E402
+from digit_predictor.ml.synthetic_digits import pen_digit, to_png  # noqa: E402
 from tests.pg import start_cluster, with_database  # noqa: E402
 from tests.servers import ApiServer, api_env, start_api  # noqa: E402
 

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
-from digit_predictor.ml.canvas import pen_digit, redraw_digit, to_png
 from digit_predictor.ml.card import target_status
 from digit_predictor.ml.data import MnistSplit, default_data_dir, load_split
 from digit_predictor.ml.extra_digits import heldout_digits
@@ -32,6 +31,7 @@ from digit_predictor.ml.preprocess import (
     preprocess_bytes,
     preprocess_ink,
 )
+from digit_predictor.ml.synthetic_digits import pen_digit, redraw_digit, to_png
 
 
 def _predict(model: torch.nn.Module, images_u8: np.ndarray, batch: int = 1000) -> np.ndarray:

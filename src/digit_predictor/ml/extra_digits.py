@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from digit_predictor.config import PROJECT_ROOT
-from digit_predictor.ml.canvas import CANVAS, to_png
 from digit_predictor.ml.preprocess import EmptyDrawingError, preprocess_bytes, preprocess_ink
+from digit_predictor.ml.synthetic_digits import CANVAS, to_png
 
 # sha256 from the data directory's SOURCE.md.
 SHA256: dict[str, str] = {

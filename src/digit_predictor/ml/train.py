@@ -93,7 +93,7 @@ def _training_data(
     x_train, y_train = images[train_idx], labels[train_idx]
     extra_counts: dict[str, int] = {}
     if config.redrawn > 0:
-        from digit_predictor.ml.canvas import redrawn_training_digits
+        from digit_predictor.ml.synthetic_digits import redrawn_training_digits
 
         pick = train_idx[torch.randperm(len(train_idx), generator=generator)[: config.redrawn]]
         x_redrawn = redrawn_training_digits(train.images[pick.numpy()], seed=2000 + config.seed)
@@ -108,7 +108,7 @@ def _training_data(
             y_train = torch.cat([y_train, torch.from_numpy(y_extra)])
             extra_counts[name] = len(y_extra)
     if config.pen_per_class > 0:
-        from digit_predictor.ml.canvas import pen_training_digits
+        from digit_predictor.ml.synthetic_digits import pen_training_digits
 
         x_pen, y_pen = pen_training_digits(config.pen_per_class, seed=1000 + config.seed)
         x_train = torch.cat([x_train, torch.from_numpy(x_pen).float().div_(255.0)[:, None]])
