@@ -19,12 +19,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
+from digit_predictor.ml.batch import predict
 from digit_predictor.ml.card import target_status
 from digit_predictor.ml.data import MnistSplit, default_data_dir, load_split
 from digit_predictor.ml.extra_digits import heldout_digits
 from digit_predictor.ml.preprocess import (
-    MNIST_MEAN,
-    MNIST_STD,
     EmptyDrawingError,
     decode_image,
     ink_map,
@@ -32,16 +31,6 @@ from digit_predictor.ml.preprocess import (
     preprocess_ink,
 )
 from digit_predictor.ml.synthetic_digits import pen_digit, redraw_digit, to_png
-
-
-def _predict(model: torch.nn.Module, images_u8: np.ndarray, batch: int = 1000) -> np.ndarray:
-    model.eval()
-    preds = []
-    with torch.inference_mode():
-        for start in range(0, len(images_u8), batch):
-            x = torch.from_numpy(images_u8[start : start + batch]).float().div(255.0)[:, None]
-            preds.append(model((x - MNIST_MEAN) / MNIST_STD).argmax(dim=1).numpy())
-    return np.concatenate(preds) if preds else np.empty(0, dtype=np.int64)
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
@@ -140,7 +129,7 @@ def score(model: torch.nn.Module, sets: dict[str, tuple[np.ndarray, np.ndarray]]
     rows: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {"benchmarks": rows}
     for name, (images, labels) in sets.items():
-        preds = _predict(model, images)
+        preds = predict(model, images)
         matrix = confusion_matrix(labels, preds)
         per_digit = (matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)).tolist()
         rows.append(

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from digit_predictor.config import PROJECT_ROOT
 from digit_predictor.ml import card as model_card
 from digit_predictor.ml.augment import AugmentConfig, augment_batch
+from digit_predictor.ml.batch import normalise, predict
 from digit_predictor.ml.data import default_data_dir, load_split, verify_files
 from digit_predictor.ml.inference import sha256_of
 from digit_predictor.ml.models import DEFAULT_ARCHITECTURE, build_model, parameter_count
@@ -76,10 +77,6 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def normalise(images01: torch.Tensor) -> torch.Tensor:
-    return (images01 - MNIST_MEAN) / MNIST_STD
-
-
 def _training_data(
     config: TrainConfig, data_dir: Path, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, int]]:
@@ -118,16 +115,7 @@ def _training_data(
 
 
 def accuracy(model: torch.nn.Module, images01: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((predict(model, images01) == labels).float().mean())
-
-
-def predict(model: torch.nn.Module, images01: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    model.eval()
-    outs = []
-    with torch.inference_mode():
-        for start in range(0, len(images01), batch):
-            outs.append(model(normalise(images01[start : start + batch])).argmax(dim=1))
-    return torch.cat(outs) if outs else torch.empty(0, dtype=torch.long)
+    return float((predict(model, images01) == labels.numpy()).mean())
 
 
 def run_training(
