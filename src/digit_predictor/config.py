@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     api_url: str = "http://127.0.0.1:8000"
     api_key: str | None = None
     model_path: Path = DEFAULT_MODEL_PATH
+    # How often the api checks the model registry for a new champion when no NOTIFY arrives.
+    model_check_interval_s: float = Field(default=5.0, gt=0, le=60)
 
     # Limits on what a client may send.
     max_upload_bytes: int = Field(default=1024 * 1024, ge=1)

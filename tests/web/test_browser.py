@@ -101,7 +101,10 @@ def _restart_on_same_port(api: ApiServer) -> ApiServer:
 
 
 @pytest.fixture
-def stack(database_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+def stack(own_database_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    # Its own database: this api registers and serves the trained model, which must not become
+    # the champion of the session's shared database (its apis serve the untrained test model).
+    database_url = own_database_url
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     model, trained = _model_path(tmp_path)

@@ -7,20 +7,20 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from digit_predictor.api.champion import ChampionWatcher
 from digit_predictor.api.metrics import Metrics
 from digit_predictor.api.predictor import Predictor
 from digit_predictor.api.write_queue import PredictionStore
 from digit_predictor.config import Settings
 from digit_predictor.db import Database
-from digit_predictor.ml.inference import Classifier
 
 
 @dataclass
 class Services:
     settings: Settings
     metrics: Metrics
-    classifier: Classifier
-    predictor: Predictor
+    predictor: Predictor  # the model serving now (swapped on promotion)
+    champion: ChampionWatcher
     db: Database
     store: PredictionStore
 

@@ -23,7 +23,7 @@ async def healthz() -> Health:
 )
 def readyz(services: ServicesDep, response: Response) -> Readiness:
     reasons: list[str] = []
-    model_loaded = services.classifier.is_warm
+    model_loaded = services.predictor.classifier.is_warm
     if not model_loaded:
         reasons.append("model not loaded")
     try:
@@ -41,7 +41,7 @@ def readyz(services: ServicesDep, response: Response) -> Readiness:
     return Readiness(
         status="ready" if ready else "unavailable",
         model_loaded=model_loaded,
-        model_version=services.classifier.version,
+        model_version=services.predictor.classifier.version,
         database="up" if database_up else "down",
         queued_writes=queued,
         reasons=reasons,
