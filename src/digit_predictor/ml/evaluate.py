@@ -62,11 +62,7 @@ def canvas_sets(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Canvas drawings made from MNIST test digits, and pen-stroke digits; both preprocessings."""
     rng = np.random.default_rng(seed)
-    faithful, plain = [], []
-    for i in tqdm(range(n), desc="canvas benchmark", disable=not progress, file=sys.stderr):
-        png = to_png(redraw_digit(test.images[i], rng), PNG_STYLES[i % len(PNG_STYLES)])
-        faithful.append(_faithful(png))
-        plain.append(plain_resize(png))
+    faithful, plain = canvas_benchmark(test, n, rng, with_plain=True, progress=progress)
     pen_labels = np.arange(pen_n, dtype=np.int64) % 10
     pen_faithful, pen_plain = [], []
     for i in tqdm(range(pen_n), desc="pen strokes", disable=not progress, file=sys.stderr):
@@ -75,11 +71,34 @@ def canvas_sets(
         pen_plain.append(plain_resize(png))
     labels = test.labels[:n]
     return {
-        CANVAS_FAITHFUL: (np.stack(faithful), labels),
-        CANVAS_PLAIN: (np.stack(plain), labels),
+        CANVAS_FAITHFUL: (faithful, labels),
+        CANVAS_PLAIN: (plain, labels),
         PEN_FAITHFUL: (np.stack(pen_faithful), pen_labels),
         PEN_PLAIN: (np.stack(pen_plain), pen_labels),
     }
+
+
+def canvas_benchmark(
+    test: MnistSplit,
+    n: int,
+    rng: np.random.Generator,
+    *,
+    with_plain: bool = False,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first `n` MNIST test digits redrawn on a canvas, sent as PNG and preprocessed
+    (and, with `with_plain`, also plainly resized; otherwise that array is empty)."""
+    faithful, plain = [], []
+    for i in tqdm(range(n), desc="canvas benchmark", disable=not progress, file=sys.stderr):
+        png = to_png(redraw_digit(test.images[i], rng), PNG_STYLES[i % len(PNG_STYLES)])
+        faithful.append(_faithful(png))
+        if with_plain:
+            plain.append(plain_resize(png))
+    empty = np.zeros((0, 28, 28), dtype=np.uint8)
+    return (
+        np.stack(faithful) if faithful else empty,
+        np.stack(plain) if plain else empty,
+    )
 
 
 CANVAS_FAITHFUL = "canvas benchmark, MNIST-faithful preprocessing"

@@ -110,6 +110,16 @@ def _load(root: Path, rel: str) -> tuple[np.ndarray, np.ndarray]:
     return load_usps(path) if rel.startswith("usps/") else load_optdigits(path)
 
 
+def load_part(name: str, root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ink maps (0..1) and labels of one named part: "USPS train", "optdigits tra",
+    "USPS test" or "optdigits windep", checked against its published sha256."""
+    rel = {**TRAIN_FILES, **HELDOUT_FILES}.get(name)
+    if rel is None:
+        known = ", ".join([*TRAIN_FILES, *HELDOUT_FILES])
+        raise ValueError(f"unknown part {name!r}; choose one of: {known}")
+    return _load(root or default_extra_dir(), rel)
+
+
 def training_digits(
     root: Path | None = None, seed: int = 1
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
