@@ -462,7 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         MnistDataError,
         ExtraDigitsError,
     ) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        # One line, even for the driver's multi-line messages: it is what a person reads.
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     except Exception as exc:  # anything else: the traceback, then one clear line, exit 1
         traceback.print_exc()
