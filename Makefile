@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint typecheck unit clean
+.PHONY: dev test lint typecheck unit retrain clean
 
 $(BIN)/python:
 	scripts/system_deps.sh dev
@@ -32,6 +32,11 @@ typecheck: $(VENV)/.installed-dev
 # Fast feedback while working: everything but the browser and reliability suites.
 unit: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m "not browser and not reliability"
+
+# Retrain the champion on people's corrections (DATABASE_URL); promotes only when the gate
+# passes, exits 3 when it refuses (docs/learning-loop.md).
+retrain: $(VENV)/.installed-train
+	$(BIN)/python -m digit_predictor.ml.retrain --promote
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
