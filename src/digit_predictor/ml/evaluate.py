@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--write-card", action="store_true", help="store these results in the model card"
     )
     args = parser.parse_args(argv)
-    from digit_predictor.ml.card import write_card
+    from digit_predictor.ml.card import ModelCard
     from digit_predictor.ml.inference import Classifier
 
     classifier = Classifier.load(args.weights)
@@ -233,13 +233,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ms = metrics["inference_ms_per_image"]
     print(f"inference: {ms:.2f} ms per image (batch of 1, one thread, median)")
     if args.write_card:
-        card = dict(classifier.card)
-        card["metrics"] = metrics
+        card = ModelCard.from_dict(classifier.card)
+        card.metrics = metrics
         argv_list = list(sys.argv[1:] if argv is None else argv)
-        card["evaluation_command"] = shlex.join(
+        card.evaluation_command = shlex.join(
             ["python", "-m", "digit_predictor.ml.evaluate", *argv_list]
         )
-        write_card(Path(args.weights).parent, card)
+        card.write(Path(args.weights).parent)
         print(f"updated the model card in {Path(args.weights).parent}", file=sys.stderr)
     return 0
 

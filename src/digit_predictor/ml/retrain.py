@@ -31,6 +31,7 @@ from digit_predictor.db import Database, DatabaseUnavailable, registry
 from digit_predictor.db.corrections import count_corrections, read_corrections
 from digit_predictor.db.registry import ModelRecord, RegistryError
 from digit_predictor.ml.batch import predict_proba
+from digit_predictor.ml.card import ModelCard
 from digit_predictor.ml.data import MnistDataError, default_data_dir, verify_files
 from digit_predictor.ml.extra_digits import ExtraDigitsError
 from digit_predictor.ml.feedback import FeedbackData, LabelledSet, build_feedback_data
@@ -159,24 +160,25 @@ def challenger_card(
     post_finetune: dict[str, Any],
 ) -> dict[str, Any]:
     # The parent's description of the network and its input stays true; its results do not.
-    inherited = {
-        k: v
-        for k, v in champion.card.items()
-        if k in ("architecture", "parameter_count", "input", "normalisation", "weights_file")
-    }
-    return {
-        **inherited,
-        "version": version,
-        "architecture": champion.arch,
-        "parent_version": champion.version,
-        "weights_sha256": hashlib.sha256(weights).hexdigest(),
-        "weights_bytes": len(weights),
-        "command": options.command,
-        "training_seconds": round(seconds["fine_tuning"], 1),
-        "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": "cpu",
-        "retraining": {
+    parent = ModelCard.from_dict(
+        {"version": champion.version, "architecture": champion.arch, **champion.card}
+    )
+    card = ModelCard(
+        version=version,
+        architecture=champion.arch,
+        parent_version=champion.version,
+        weights_sha256=hashlib.sha256(weights).hexdigest(),
+        weights_file=parent.weights_file,
+        weights_bytes=len(weights),
+        parameter_count=parent.parameter_count,
+        input=parent.input,
+        normalisation=parent.normalisation,
+        command=options.command,
+        training_seconds=round(seconds["fine_tuning"], 1),
+        torch_version=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        device="cpu",
+        retraining={
             "feedback_through": (
                 feedback.newest_feedback_at.isoformat() if feedback.newest_feedback_at else None
             ),
@@ -192,9 +194,10 @@ def challenger_card(
             "history": history,
             "seconds": {k: round(v, 1) for k, v in seconds.items()},
         },
-        "post_finetune": post_finetune,
-        "gate": gate.as_dict(),
-    }
+        post_finetune=post_finetune,
+        gate=gate.as_dict(),
+    )
+    return card.to_dict()
 
 
 def _jsonable(value: Any) -> Any:
