@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 QUICK = [
     "--replay-mnist=3000",
     "--no-replay-extra",
+    "--replay-redrawn=0",
     "--gate-limit=300",
     "--canvas-n=300",
     "--batch-size=64",

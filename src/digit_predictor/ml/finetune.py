@@ -39,6 +39,9 @@ class FinetuneConfig:
     label_smoothing: float = 0.05  # as in training, so confidences stay comparable
     replay_mnist: int | None = None  # None: all 60,000 MNIST training digits
     replay_extra: bool = True  # USPS train + optdigits tra, as in training
+    # MNIST training digits redrawn with a uniform round brush, as training had (30,000 there):
+    # without them the canvas benchmark drifts down while the model adapts to the corrections.
+    replay_redrawn: int = 10_000
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def steps_for(self, n_feedback: int) -> int:
@@ -64,6 +67,14 @@ def replay_data(config: FinetuneConfig, data_dir: Path) -> ReplayData:
     images = [train.images[pick]]
     labels = [train.labels[pick]]
     counts = {"mnist_train": len(pick)}
+    if config.replay_redrawn > 0:
+        from digit_predictor.ml.synthetic_digits import redrawn_training_digits
+
+        rng = np.random.default_rng(3000 + config.seed)
+        chosen = np.sort(rng.permutation(pick)[: config.replay_redrawn])
+        images.append(redrawn_training_digits(train.images[chosen], seed=3000 + config.seed))
+        labels.append(train.labels[chosen])
+        counts["mnist_redrawn"] = len(chosen)
     if config.replay_extra:
         from digit_predictor.ml.extra_digits import training_digits
 

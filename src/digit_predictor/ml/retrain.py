@@ -366,6 +366,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--replay-mnist", type=int, default=None, help="replay N MNIST digits (default: all)"
     )
     parser.add_argument("--no-replay-extra", action="store_true", help="no USPS/optdigits replay")
+    parser.add_argument(
+        "--replay-redrawn",
+        type=int,
+        default=defaults.replay_redrawn,
+        help="MNIST digits redrawn with a uniform brush in the replay",
+    )
     parser.add_argument("--canvas-n", type=int, default=2000, help="canvas benchmark size")
     parser.add_argument(
         "--gate-limit", type=int, default=None, help="first N of each benchmark (quick runs)"
@@ -399,6 +405,7 @@ def options_from_args(args: argparse.Namespace, command: str) -> RetrainOptions:
             max_lr=args.max_lr,
             replay_mnist=args.replay_mnist,
             replay_extra=not args.no_replay_extra,
+            replay_redrawn=args.replay_redrawn,
         ),
         progress=not args.no_progress,
         command=command,
