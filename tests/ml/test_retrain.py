@@ -26,6 +26,7 @@ QUICK = [
     "--replay-mnist=3000",
     "--no-replay-extra",
     "--replay-redrawn=0",
+    "--max-lr=1e-3",
     "--gate-limit=300",
     "--canvas-n=300",
     "--batch-size=64",

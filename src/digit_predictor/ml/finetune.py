@@ -34,7 +34,7 @@ class FinetuneConfig:
     passes: float = 4.0  # how often each training correction is seen, on average
     min_steps: int = 60
     max_steps: int = 800
-    max_lr: float = 1e-3  # a quarter of training's: adjust, do not relearn
+    max_lr: float = 3e-4  # under a tenth of training's: adjust, do not relearn
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05  # as in training, so confidences stay comparable
     replay_mnist: int | None = None  # None: all 60,000 MNIST training digits
