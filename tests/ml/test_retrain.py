@@ -147,7 +147,7 @@ def test_a_challenger_the_gate_refuses_is_kept_as_rejected(
     shipped = registry.register_shipped(own_db, DEFAULT_MODEL_PATH)
     add_corrections(own_db, usps_drawings(80))
     # A learning rate this high wrecks the network: MNIST and the rest must fall.
-    run = retrain_cli(own_database_url, "--promote", "--max-lr=0.5", *QUICK)
+    run = retrain_cli(own_database_url, "--promote", *QUICK, "--max-lr=0.5")  # the last wins
     assert run.returncode == 3, run.stdout + run.stderr
     assert "rejected: the gate refused:" in last_line(run)
     assert "MNIST test" in last_line(run)
