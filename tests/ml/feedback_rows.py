@@ -15,7 +15,8 @@ from digit_predictor.ml.synthetic_digits import to_png
 
 @lru_cache(maxsize=2)
 def _usps(split: str) -> tuple[np.ndarray, np.ndarray]:
-    return load_part("USPS train" if split == "train" else "USPS test")
+    inks, labels = load_part("USPS train" if split == "train" else "USPS test")
+    return inks, labels
 
 
 def usps_drawings(

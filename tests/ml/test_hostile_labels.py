@@ -7,6 +7,7 @@ test after the gate's first 300), so the check is independent of the gate it bac
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,8 +60,9 @@ def assert_no_worse_where_it_matters(db: Database, shipped: Classifier) -> None:
         assert 100 * (before - after) <= MAX_DROP[name], (name, before, after, live.version)
 
 
-def newest_card(db: Database) -> dict[str, object]:
-    return registry.list_models(db)[0].card
+def newest_card(db: Database) -> dict[str, Any]:
+    card: dict[str, Any] = registry.list_models(db)[0].card
+    return card
 
 
 def test_thirty_percent_random_answers(own_database_url: str, own_db: Database) -> None:
@@ -78,7 +80,7 @@ def test_thirty_percent_random_answers(own_database_url: str, own_db: Database) 
     run = retrain_cli(own_database_url, "--promote", *QUICK)
     assert run.returncode in (0, 3), run.stdout + run.stderr
     assert "rejected" in last_line(run) or "promoted" in last_line(run)
-    guard = newest_card(own_db)["retraining"]["label_guard"]  # type: ignore[index]
+    guard = newest_card(own_db)["retraining"]["label_guard"]
     dropped = guard["train"]["dropped_as_implausible"] + guard["holdout"]["dropped_as_implausible"]
     # Most random answers are not among the champion's top 3; honest ones almost always are.
     assert 0.6 * wrong.sum() <= dropped <= wrong.sum() + 0.02 * (~wrong).sum()
@@ -94,7 +96,7 @@ def test_one_source_answering_1_for_every_7(own_database_url: str, own_db: Datab
 
     run = retrain_cli(own_database_url, "--promote", *QUICK)
     assert run.returncode in (0, 3), run.stdout + run.stderr
-    guard = newest_card(own_db)["retraining"]["label_guard"]  # type: ignore[index]
+    guard = newest_card(own_db)["retraining"]["label_guard"]
     dropped = guard["train"]["dropped_as_implausible"] + guard["holdout"]["dropped_as_implausible"]
     assert dropped >= 0.6 * len(sevens)
     assert_no_worse_where_it_matters(own_db, shipped)
