@@ -342,6 +342,7 @@ def retrain(
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     defaults = FinetuneConfig()
     parser = argparse.ArgumentParser(
+        prog="python -m digit_predictor.ml.retrain",
         description=(__doc__ or "").splitlines()[0],
         epilog="Exit status: 0 done, 3 refused (reason on the last line), 1 failure.",
     )
