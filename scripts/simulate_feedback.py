@@ -109,17 +109,19 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     right = sum(a.digit == a.label for a in answers)
+    accuracy = right / max(len(answers), 1)
+    versions = dict(Counter(a.version for a in answers if a.version))
     summary = {
         "part": part,
         "n": len(answers),
-        "accuracy": round(right / max(len(answers), 1), 6),
+        "accuracy": round(accuracy, 6),
         "refused_as_empty": sum(a.digit is None for a in answers),
         "answered_with_feedback": sum(a.answered for a in answers),
-        "versions": dict(Counter(a.version for a in answers if a.version)),
+        "versions": versions,
     }
     print(
-        f"{part}: {right} of {len(answers)} read right ({100 * summary['accuracy']:.2f}%) by "
-        + ", ".join(f"{v} ({n})" for v, n in summary["versions"].items()),
+        f"{part}: {right} of {len(answers)} read right ({100 * accuracy:.2f}%) by "
+        + ", ".join(f"{v} ({n})" for v, n in versions.items()),
         file=sys.stderr,
     )
     print(json.dumps(summary))

@@ -270,7 +270,7 @@ def test_history_lists_predictions_newest_first_and_pages(stub: StubApi, db: Dat
     assert frame.loc[0, "Result"] == "✓ right"
     assert "23 predictions, newest first · showing 1–20" in _texts(at)
 
-    at.get("pagination")[0].set_value(2).run()
+    at.pagination[0].set_value(2).run()
     assert at.dataframe[0].value["ID"].tolist() == list(reversed(ids))[20:]
     assert "showing 21–23" in _texts(at)
 
@@ -279,7 +279,7 @@ def test_history_lists_predictions_newest_first_and_pages(stub: StubApi, db: Dat
     _no_failure(at)
     assert len(at.dataframe[0].value) == 23
     assert "showing 1–23" in _texts(at)
-    assert at.get("pagination")[0].value == 1
+    assert at.pagination[0].value == 1
 
 
 def test_history_and_statistics_of_an_empty_database(stub: StubApi, db: Database) -> None:

@@ -327,9 +327,9 @@ def _scenario(stack: dict[str, Any], page: Any) -> None:
     rows = _history_rows(page)
     assert len(rows) == 3
     for row, true_digit in zip(rows, [0, 7, 1], strict=True):
-        drawing, _time, predicted, _confidence, truth, result, _id = row
-        assert drawing.startswith("data:image/png;base64,")
-        assert predicted == str(shown_digits[true_digit]) and truth == str(true_digit)
+        thumbnail, _when, said_digit, _conf, told_digit, result, _row_id = row
+        assert thumbnail.startswith("data:image/png;base64,")
+        assert said_digit == str(shown_digits[true_digit]) and told_digit == str(true_digit)
         assert result == ("✓ right" if shown_digits[true_digit] == true_digit else "✗ wrong")
     page.wait_for_timeout(300)  # let the thumbnails paint
     page.screenshot(path=str(SCREENSHOTS / "history.png"))

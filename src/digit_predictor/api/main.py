@@ -24,6 +24,7 @@ from digit_predictor.api.metrics import Metrics
 from digit_predictor.api.predictor import Predictor
 from digit_predictor.api.routes import health, models, predictions, stats
 from digit_predictor.api.security import require_api_key
+from digit_predictor.api.shutdown import Drain, delay_sigterm
 from digit_predictor.api.write_queue import PredictionStore
 from digit_predictor.config import Settings, get_settings
 from digit_predictor.db import Database
@@ -103,9 +104,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     services = await anyio.to_thread.run_sync(build_services, settings, app.state.metrics)
     app.state.services = services
     log.info("api ready to serve", extra={"api_key_required": bool(settings.api_key)})
+    undo_drain = delay_sigterm(app.state.drain, settings.shutdown_drain_s)
     try:
         yield
     finally:
+        undo_drain()
         services.champion.stop()
         await anyio.to_thread.run_sync(services.store.close, FLUSH_TIMEOUT_S)
         log.info("api stopped")
@@ -124,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics = Metrics()
+    app.state.drain = Drain()
 
     # The key, when set, guards every /v1 route; the schema declares it only then.
     key = settings.api_key
