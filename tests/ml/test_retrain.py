@@ -10,12 +10,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from digit_predictor.config import DEFAULT_MODEL_PATH, PROJECT_ROOT
 from digit_predictor.db import Database, registry
+from digit_predictor.ml.retrain import HookContext, options_from_args, parse_args, retrain
 
 from .feedback_rows import add_corrections, usps_drawings
 
@@ -171,3 +173,40 @@ def test_failures_exit_1_with_a_message(
     assert unknown.returncode == 1
     assert "no model version 'no-such-version'" in unknown.stderr
     assert len(statuses(own_db)) == 1
+
+
+class RecordingHook:
+    """A post-fine-tune step that remembers what it was given."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.models: list[torch.nn.Module] = []
+        self.train_sizes: list[int] = []
+
+    def __call__(self, model: torch.nn.Module, context: HookContext) -> dict[str, Any]:
+        self.models.append(model)
+        self.train_sizes.append(len(context.feedback_train))
+        return {"fitted_on": len(context.feedback_train) + len(context.feedback_holdout)}
+
+
+def test_post_fine_tune_hooks_see_the_challenger_and_fill_the_card(
+    own_db: Database,
+) -> None:
+    shipped = registry.register_shipped(own_db, DEFAULT_MODEL_PATH)
+    add_corrections(own_db, usps_drawings(60))
+    hook = RecordingHook()
+    args = parse_args(["--dry-run", *QUICK])
+    outcome = retrain(own_db, options_from_args(args, "pytest"), hooks=[hook], say=lambda _: None)
+    (model,) = hook.models
+    champion_weights = torch.load(
+        io.BytesIO(registry.load_weights(own_db, shipped.version)), weights_only=True
+    )
+    # The hook got the fine-tuned challenger, not the champion.
+    assert not torch.equal(
+        model.state_dict()["classifier.2.weight"], champion_weights["classifier.2.weight"]
+    )
+    assert hook.train_sizes[0] == outcome.card["retraining"]["corrections"]["train"]
+    assert outcome.card["post_finetune"] == {"recorder": {"fitted_on": 60}}
+    assert not outcome.registered
+    assert [m.version for m in registry.list_models(own_db)] == [shipped.version]
