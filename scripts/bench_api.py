@@ -12,8 +12,8 @@ drawings as the floor.
 
 The load generator is a minimal keep-alive HTTP/1.1 client on asyncio with the request bytes
 prepared up front, so that on a small machine the client takes as little CPU from the api as
-possible. Drawings are 64 synthetic canvas drawings (digit_predictor.ml.canvas), RGBA PNGs as
-the web app sends them.
+possible. Drawings are 64 synthetic canvas drawings (digit_predictor.ml.synthetic_digits), RGBA
+PNGs as the web app sends them.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
-from digit_predictor.ml.canvas import pen_digit, to_png
 from digit_predictor.ml.inference import Classifier
 from digit_predictor.ml.preprocess import preprocess_bytes
+from digit_predictor.ml.synthetic_digits import pen_digit, to_png
 from digit_predictor.testing.api_server import ApiServer, api_env, start_api
 from digit_predictor.testing.postgres import start_cluster, with_database
 

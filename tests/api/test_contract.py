@@ -17,7 +17,7 @@ from PIL import Image
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
 from digit_predictor.db import Database, queries
-from digit_predictor.ml.canvas import pen_digit, to_png
+from digit_predictor.ml.synthetic_digits import pen_digit, to_png
 from tests.api import drawings
 from tests.servers import ApiServer, api_env, api_server
 
