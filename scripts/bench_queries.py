@@ -47,7 +47,7 @@ from digit_predictor.config import DEFAULT_MODEL_PATH
 from digit_predictor.db import Database, queries
 from digit_predictor.db.maintenance import rollup_differences
 from digit_predictor.db.migrate import migrate
-from digit_predictor.ml.canvas import pen_digit, to_png
+from digit_predictor.ml.synthetic_digits import pen_digit, to_png
 from digit_predictor.testing.api_server import ApiServer, api_env, start_api
 from digit_predictor.testing.postgres import start_cluster, with_database
 

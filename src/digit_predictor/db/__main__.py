@@ -18,10 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import psycopg2
-
 from digit_predictor.config import get_settings
 from digit_predictor.db import maintenance, registry
+from digit_predictor.db.errors import DatabaseUnavailable, RowRejected
 from digit_predictor.db.migrate import migrate
 from digit_predictor.db.pool import Database
 
@@ -32,7 +31,7 @@ def _migrate(dsn: str, wait_s: float, time_zone: str, model_path: Path) -> int:
         try:
             applied = migrate(dsn)
             break
-        except psycopg2.OperationalError as exc:
+        except DatabaseUnavailable as exc:
             if time.monotonic() >= deadline:
                 print(f"database not reachable: {str(exc).strip()}", file=sys.stderr)
                 return 1
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         if days is not None and days < 1:
             parser.error("--older-than-days must be at least 1")
         return _prune(dsn, days, args.dry_run)
-    except psycopg2.Error as exc:
+    except (DatabaseUnavailable, RowRejected) as exc:
         print(f"{args.command} failed: {str(exc).strip()}", file=sys.stderr)
         return 1
 

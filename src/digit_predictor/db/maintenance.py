@@ -19,6 +19,8 @@ import psycopg2
 import psycopg2.extensions
 from tqdm import tqdm
 
+from digit_predictor.db.pool import translate
+
 log = logging.getLogger(__name__)
 
 PRUNE_BATCH = 5_000  # rows per transaction: short locks, and feedback never waits long
@@ -26,9 +28,16 @@ PRUNE_BATCH = 5_000  # rows per transaction: short locks, and feedback never wai
 
 @contextmanager
 def _connect(dsn: str) -> Iterator[psycopg2.extensions.connection]:
-    conn = psycopg2.connect(dsn, connect_timeout=10, application_name="digit-predictor-maint")
+    """A connection of its own (long statements, no pool); the driver's errors come out as the
+    data layer's (db.errors), as from `Database.connection`."""
+    try:
+        conn = psycopg2.connect(dsn, connect_timeout=10, application_name="digit-predictor-maint")
+    except psycopg2.Error as exc:
+        raise translate(exc) from exc
     try:
         yield conn
+    except psycopg2.Error as exc:
+        raise translate(exc) from exc
     finally:
         conn.close()
 
