@@ -35,7 +35,7 @@ def test_every_generator_draws_brush_strokes_on_the_280_canvas(source: DigitSour
         for split in (TRAIN, HELDOUT):
             ink = generate(rng, split)
             assert ink.shape == (280, 280), name
-            assert ink.dtype == np.float32 and 0.0 <= ink.min() and ink.max() <= 1.0, name
+            assert ink.dtype == np.float32 and ink.min() >= 0.0 and ink.max() <= 1.0, name
             assert 0.005 < float((ink > 0.5).mean()) < 0.6, name  # strokes, not a blank or a fill
             # Anti-aliased like a browser canvas: there are partial-ink edge pixels.
             assert ((ink > 0.05) & (ink < 0.95)).any(), name

@@ -149,8 +149,10 @@ def test_fit_on_small_data_sets_the_buffers_and_leaves_the_weights_alone(
     data = TrustData(
         calibration=(train.images[-600:], train.labels[-600:]),
         real=(train.images[2000:2600], train.labels[2000:2600]),
-        nondigits={name: nondigit_set(g, 25, seed=i, split=TRAIN) for i, (name, g) in
-                   enumerate(gens.items())},  # fmt: skip
+        nondigits={
+            name: nondigit_set(g, 25, seed=i, split=TRAIN)
+            for i, (name, g) in enumerate(gens.items())
+        },
     )
     model = copy.deepcopy(shipped.model)
     before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("trust.")}

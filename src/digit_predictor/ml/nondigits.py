@@ -192,9 +192,11 @@ def letter(rng: np.random.Generator, split: Split, alphabet: str = LETTERS) -> n
     img = img.rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BILINEAR)
     shear = float(rng.uniform(-0.25, 0.25))
     img = img.transform(
-        img.size, Image.Transform.AFFINE, (1, shear, -shear * img.size[1] / 2, 0, 1, 0),
+        img.size,
+        Image.Transform.AFFINE,
+        (1, shear, -shear * img.size[1] / 2, 0, 1, 0),
         resample=Image.Resampling.BILINEAR,
-    )  # fmt: skip
+    )
     return redraw_digit(np.asarray(img), rng, height_share=(0.3, 0.9), max_brush_share=0.25)
 
 
@@ -229,9 +231,12 @@ def _star(r: np.random.Generator) -> list[Stroke]:
     k = int(r.integers(5, 8))
     step = 2 if k != 6 else 1
     pts = [
-        (0.5 + 0.5 * math.sin(2 * math.pi * i * step / k), 0.5 - 0.5 * math.cos(2 * math.pi * i * step / k))
+        (
+            0.5 + 0.5 * math.sin(2 * math.pi * i * step / k),
+            0.5 - 0.5 * math.cos(2 * math.pi * i * step / k),
+        )
         for i in range(k)
-    ]  # fmt: skip
+    ]
     if step == 1:  # a six-pointed star as two triangles
         return [_polygon(pts[0::2]), _polygon(pts[1::2])]
     return [_polygon(pts)]
@@ -247,29 +252,58 @@ def _spiral(r: np.random.Generator) -> list[Stroke]:
 
 def _heart(r: np.random.Generator) -> list[Stroke]:
     ts = np.linspace(0, 2 * math.pi, 60)
-    return [[(0.5 + 0.5 * math.sin(t) ** 3,
-              0.45 - (13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)) / 34)
-             for t in ts]]  # fmt: skip
+    return [
+        [
+            (
+                0.5 + 0.5 * math.sin(t) ** 3,
+                0.45
+                - (13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t))
+                / 34,
+            )
+            for t in ts
+        ]
+    ]
 
 
 SHAPES: dict[str, Callable[[np.random.Generator], list[Stroke]]] = {
     "triangle": lambda r: [_polygon([(0.5, 0.0), (1.0, 1.0), (0.0, 1.0)])],
-    "square": lambda r: [_polygon([(0, 0), (1, 0), (1, r.uniform(0.6, 1.0)), (0, r.uniform(0.6, 1.0))])],
+    "square": lambda r: [
+        _polygon([(0, 0), (1, 0), (1, r.uniform(0.6, 1.0)), (0, r.uniform(0.6, 1.0))])
+    ],
     "diamond": lambda r: [_polygon([(0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5)])],
     "star": _star,
     "spiral": _spiral,
     "heart": _heart,
     "arrow": lambda r: [_line((0, 0.5), (1, 0.5)), [(0.65, 0.2), (1, 0.5), (0.65, 0.8)]],
-    "hash": lambda r: [_line((0.35, 0), (0.3, 1)), _line((0.7, 0), (0.65, 1)),
-                       _line((0, 0.33), (1, 0.33)), _line((0, 0.67), (1, 0.67))],
+    "hash": lambda r: [
+        _line((0.35, 0), (0.3, 1)),
+        _line((0.7, 0), (0.65, 1)),
+        _line((0, 0.33), (1, 0.33)),
+        _line((0, 0.67), (1, 0.67)),
+    ],
     "cross": lambda r: [_line((0, 0), (1, 1)), _line((1, 0), (0, 1))],
     "plus": lambda r: [_line((0.5, 0), (0.5, 1)), _line((0, 0.5), (1, 0.5))],
     "zigzag": lambda r: [[(i / 6, float(i % 2)) for i in range(7)]],
-    "wave": lambda r: [[(t, 0.5 + 0.25 * math.sin(t * r.uniform(3, 5) * math.pi)) for t in np.linspace(0, 1, 40)]],
-    "crosshatch": lambda r: [_line((i / 4, 0), (i / 4 + 0.3, 1)) for i in range(4)] + [_line((0, 0.3), (1, 0.7))],
-    "pentagon": lambda r: [_polygon([(0.5 + 0.5 * math.sin(a), 0.5 - 0.5 * math.cos(a)) for a in np.linspace(0, 2 * math.pi, 6)[:-1]])],
-    "grid": lambda r: [_polygon([(0, 0), (1, 0), (1, 1), (0, 1)]), _line((0.5, 0), (0.5, 1)), _line((0, 0.5), (1, 0.5))],
-}  # fmt: skip
+    "wave": lambda r: [
+        [(t, 0.5 + 0.25 * math.sin(t * r.uniform(3, 5) * math.pi)) for t in np.linspace(0, 1, 40)]
+    ],
+    "crosshatch": lambda r: (
+        [_line((i / 4, 0), (i / 4 + 0.3, 1)) for i in range(4)] + [_line((0, 0.3), (1, 0.7))]
+    ),
+    "pentagon": lambda r: [
+        _polygon(
+            [
+                (0.5 + 0.5 * math.sin(a), 0.5 - 0.5 * math.cos(a))
+                for a in np.linspace(0, 2 * math.pi, 6)[:-1]
+            ]
+        )
+    ],
+    "grid": lambda r: [
+        _polygon([(0, 0), (1, 0), (1, 1), (0, 1)]),
+        _line((0.5, 0), (0.5, 1)),
+        _line((0, 0.5), (1, 0.5)),
+    ],
+}
 
 
 def shape(rng: np.random.Generator, split: Split) -> np.ndarray:
@@ -285,35 +319,88 @@ def _circle(cx: float, cy: float, r: float) -> Stroke:
 
 
 DOODLES: dict[str, Callable[[np.random.Generator], list[Stroke]]] = {
-    "house": lambda r: [_polygon([(0.1, 0.45), (0.9, 0.45), (0.9, 1), (0.1, 1)]),
-                        [(0.0, 0.5), (0.5, 0.0), (1.0, 0.5)],
-                        _polygon([(0.42, 1), (0.42, 0.72), (0.58, 0.72), (0.58, 1)])],
-    "smiley": lambda r: [_circle(0.5, 0.5, 0.5), _circle(0.33, 0.38, 0.05),
-                         _circle(0.67, 0.38, 0.05), _arc(0.5, 0.55, 0.25, 0.2, 20, 160)],
-    "sun": lambda r: [_circle(0.5, 0.5, 0.22)] + [
-        _line((0.5 + 0.3 * math.cos(a), 0.5 + 0.3 * math.sin(a)),
-              (0.5 + 0.5 * math.cos(a), 0.5 + 0.5 * math.sin(a)))
-        for a in np.linspace(0, 2 * math.pi, int(r.integers(6, 11)), endpoint=False)],
-    "tree": lambda r: [_circle(0.5, 0.32, 0.32), _line((0.45, 0.62), (0.45, 1)),
-                       _line((0.55, 0.62), (0.55, 1))],
-    "stick figure": lambda r: [_circle(0.5, 0.12, 0.12), _line((0.5, 0.24), (0.5, 0.65)),
-                               _line((0.15, 0.4), (0.85, 0.4)), [(0.2, 1), (0.5, 0.65), (0.8, 1)]],
-    "flower": lambda r: [_circle(0.5, 0.3, 0.08)] + [
-        _circle(0.5 + 0.17 * math.cos(a), 0.3 + 0.17 * math.sin(a), 0.09)
-        for a in np.linspace(0, 2 * math.pi, 6, endpoint=False)] + [_line((0.5, 0.47), (0.5, 1)),
-                                                                     _arc(0.62, 0.75, 0.12, 0.06, 180, 360)],
-    "fish": lambda r: [_arc(0.4, 0.5, 0.4, 0.25, 0, 360), [(0.75, 0.5), (1, 0.25), (1, 0.75), (0.75, 0.5)],
-                       _circle(0.2, 0.45, 0.03)],
-    "cat": lambda r: [_circle(0.5, 0.6, 0.4), [(0.18, 0.35), (0.2, 0.0), (0.4, 0.22)],
-                      [(0.6, 0.22), (0.8, 0.0), (0.82, 0.35)], _circle(0.35, 0.55, 0.04),
-                      _circle(0.65, 0.55, 0.04), _line((0.05, 0.7), (0.35, 0.72)),
-                      _line((0.65, 0.72), (0.95, 0.7))],
-    "car": lambda r: [[(0, 0.75), (0, 0.45), (0.25, 0.45), (0.35, 0.2), (0.7, 0.2), (0.8, 0.45),
-                       (1, 0.45), (1, 0.75), (0, 0.75)], _circle(0.22, 0.8, 0.1), _circle(0.78, 0.8, 0.1)],
-    "cloud": lambda r: [[*_arc(0.25, 0.6, 0.2, 0.2, 90, 270), *_arc(0.5, 0.4, 0.25, 0.25, 190, 350),
-                         *_arc(0.78, 0.6, 0.2, 0.2, 270, 450), (0.25, 0.8)]],
-    "envelope": lambda r: [_polygon([(0, 0.2), (1, 0.2), (1, 0.8), (0, 0.8)]), [(0, 0.2), (0.5, 0.55), (1, 0.2)]],
-}  # fmt: skip
+    "house": lambda r: [
+        _polygon([(0.1, 0.45), (0.9, 0.45), (0.9, 1), (0.1, 1)]),
+        [(0.0, 0.5), (0.5, 0.0), (1.0, 0.5)],
+        _polygon([(0.42, 1), (0.42, 0.72), (0.58, 0.72), (0.58, 1)]),
+    ],
+    "smiley": lambda r: [
+        _circle(0.5, 0.5, 0.5),
+        _circle(0.33, 0.38, 0.05),
+        _circle(0.67, 0.38, 0.05),
+        _arc(0.5, 0.55, 0.25, 0.2, 20, 160),
+    ],
+    "sun": lambda r: (
+        [_circle(0.5, 0.5, 0.22)]
+        + [
+            _line(
+                (0.5 + 0.3 * math.cos(a), 0.5 + 0.3 * math.sin(a)),
+                (0.5 + 0.5 * math.cos(a), 0.5 + 0.5 * math.sin(a)),
+            )
+            for a in np.linspace(0, 2 * math.pi, int(r.integers(6, 11)), endpoint=False)
+        ]
+    ),
+    "tree": lambda r: [
+        _circle(0.5, 0.32, 0.32),
+        _line((0.45, 0.62), (0.45, 1)),
+        _line((0.55, 0.62), (0.55, 1)),
+    ],
+    "stick figure": lambda r: [
+        _circle(0.5, 0.12, 0.12),
+        _line((0.5, 0.24), (0.5, 0.65)),
+        _line((0.15, 0.4), (0.85, 0.4)),
+        [(0.2, 1), (0.5, 0.65), (0.8, 1)],
+    ],
+    "flower": lambda r: (
+        [_circle(0.5, 0.3, 0.08)]
+        + [
+            _circle(0.5 + 0.17 * math.cos(a), 0.3 + 0.17 * math.sin(a), 0.09)
+            for a in np.linspace(0, 2 * math.pi, 6, endpoint=False)
+        ]
+        + [_line((0.5, 0.47), (0.5, 1)), _arc(0.62, 0.75, 0.12, 0.06, 180, 360)]
+    ),
+    "fish": lambda r: [
+        _arc(0.4, 0.5, 0.4, 0.25, 0, 360),
+        [(0.75, 0.5), (1, 0.25), (1, 0.75), (0.75, 0.5)],
+        _circle(0.2, 0.45, 0.03),
+    ],
+    "cat": lambda r: [
+        _circle(0.5, 0.6, 0.4),
+        [(0.18, 0.35), (0.2, 0.0), (0.4, 0.22)],
+        [(0.6, 0.22), (0.8, 0.0), (0.82, 0.35)],
+        _circle(0.35, 0.55, 0.04),
+        _circle(0.65, 0.55, 0.04),
+        _line((0.05, 0.7), (0.35, 0.72)),
+        _line((0.65, 0.72), (0.95, 0.7)),
+    ],
+    "car": lambda r: [
+        [
+            (0, 0.75),
+            (0, 0.45),
+            (0.25, 0.45),
+            (0.35, 0.2),
+            (0.7, 0.2),
+            (0.8, 0.45),
+            (1, 0.45),
+            (1, 0.75),
+            (0, 0.75),
+        ],
+        _circle(0.22, 0.8, 0.1),
+        _circle(0.78, 0.8, 0.1),
+    ],
+    "cloud": lambda r: [
+        [
+            *_arc(0.25, 0.6, 0.2, 0.2, 90, 270),
+            *_arc(0.5, 0.4, 0.25, 0.25, 190, 350),
+            *_arc(0.78, 0.6, 0.2, 0.2, 270, 450),
+            (0.25, 0.8),
+        ]
+    ],
+    "envelope": lambda r: [
+        _polygon([(0, 0.2), (1, 0.2), (1, 0.8), (0, 0.8)]),
+        [(0, 0.2), (0.5, 0.55), (1, 0.2)],
+    ],
+}
 
 
 def doodle(rng: np.random.Generator, split: Split) -> np.ndarray:

@@ -15,6 +15,7 @@ the reliability diagram are written beside the weights.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import io
@@ -32,6 +33,7 @@ from digit_predictor.config import DEFAULT_MODEL_PATH
 from digit_predictor.ml.canvas import redraw_digit, to_png
 from digit_predictor.ml.data import default_data_dir, load_split
 from digit_predictor.ml.extra_digits import heldout_digits
+from digit_predictor.ml.inference import Classifier
 from digit_predictor.ml.nondigits import (
     HELDOUT,
     DigitSource,
@@ -42,15 +44,18 @@ from digit_predictor.ml.nondigits import (
 from digit_predictor.ml.preprocess import EmptyDrawingError, preprocess_bytes
 from digit_predictor.ml.trust import (
     ECE_BINS,
+    PER_GENERATOR,
     TrustData,
+    TrustReport,
     auroc,
     draw_trust_data,
     ece,
     fit_on,
+    memoised_forward,
     normalised,
     reliability,
 )
-from digit_predictor.ml.trust_head import assess
+from digit_predictor.ml.trust_head import assess, head_of
 
 RELIABILITY_PNG = "reliability.png"
 LOOKALIKE_SET = "letters that look like digits (O, l, Z, S, b, q, ...; no target)"
@@ -70,10 +75,9 @@ def canvas_benchmark(test_images: np.ndarray, n: int, progress: bool) -> np.ndar
     out = np.zeros((n, 28, 28), dtype=np.uint8)
     for i in tqdm(range(n), desc="canvas benchmark", disable=not progress, leave=False):
         png = to_png(redraw_digit(test_images[i], rng), styles[i % len(styles)])
-        try:
+        # A drawing the preprocessing rejects stays all black: counted, never dropped.
+        with contextlib.suppress(EmptyDrawingError):
             out[i] = preprocess_bytes(png).image
-        except EmptyDrawingError:
-            pass  # an all-black image: counted, never silently dropped
     return out
 
 
@@ -115,7 +119,7 @@ def outputs(model: torch.nn.Module, images: np.ndarray, batch: int = 1000) -> di
         for start in range(0, len(images), batch):
             x = normalised(images[start : start + batch])
             out = assess(model, x)
-            temperature = float(model.trust.temperature)
+            temperature = float(head_of(model).temperature)
             raw.append(torch.softmax(out.logits.double() * temperature, dim=1).numpy())
             cal.append(torch.softmax(out.logits.double(), dim=1).numpy())
             score.append(out.ood_score.double().numpy())
@@ -173,9 +177,10 @@ def leave_one_generator_out(
 ) -> list[dict[str, Any]]:
     """Refit without one generator's drawings; score that generator's held-out drawings."""
     rows = []
+    forward = memoised_forward(model)  # the CNN is the same in every refit
     for name in tqdm(list(data.nondigits), desc="leave one generator out", leave=False):
         trial = copy.deepcopy(model)
-        fit_on(trial, data, seed=seed, leave_out=lambda other, name=name: other == name)
+        fit_on(trial, data, seed=seed, leave_out=name.__eq__, forward=forward)
         real_out = [outputs(trial, images) for images, _ in real.values()]
         all_real = np.concatenate([o["ood_score"] for o in real_out])
         out = outputs(trial, odd[name])
@@ -206,10 +211,19 @@ def plot_reliability(rows: list[dict[str, Any]], path: Path) -> None:
             ("reliability_after", f"calibrated (ECE {100 * row['ece_after']:.1f}%)", "s-"),
         ):
             bins = [b for b in row[key] if b["count"] >= 10]
-            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], style,
-                    label=label, markersize=4)  # fmt: skip
-        ax.set(title=f"{row['name']} (n={row['n']})", xlabel="confidence", xlim=(0.3, 1.0),
-               ylim=(0.3, 1.02))  # fmt: skip
+            ax.plot(
+                [b["confidence"] for b in bins],
+                [b["accuracy"] for b in bins],
+                style,
+                label=label,
+                markersize=4,
+            )
+        ax.set(
+            title=f"{row['name']} (n={row['n']})",
+            xlabel="confidence",
+            xlim=(0.3, 1.0),
+            ylim=(0.3, 1.02),
+        )
         ax.legend(fontsize=7, loc="upper left")
     np.atleast_1d(axes)[0].set_ylabel("accuracy")
     fig.suptitle(f"Reliability ({ECE_BINS} confidence bins; bins with >= 10 drawings)", fontsize=9)
@@ -220,71 +234,109 @@ def plot_reliability(rows: list[dict[str, Any]], path: Path) -> None:
 
 def print_tables(result: dict[str, Any]) -> None:
     print(
-        f"{'real digits':<28} {'n':>6} {'acc':>7} {'ECE before':>10} {'ECE after':>9} {'false alarms':>12}"
+        f"{'real digits':<28} {'n':>6} {'acc':>7} {'ECE before':>10} {'ECE after':>9} "
+        f"{'false alarms':>12}"
     )
     for r in result["real_digits"]:
-        print(f"{r['name']:<28} {r['n']:>6} {100 * r['accuracy']:6.2f}% {100 * r['ece_before']:9.2f}% "
-              f"{100 * r['ece_after']:8.2f}% {100 * r['false_alarm_rate']:11.2f}%")  # fmt: skip
+        print(
+            f"{r['name']:<28} {r['n']:>6} {100 * r['accuracy']:6.2f}% "
+            f"{100 * r['ece_before']:9.2f}% {100 * r['ece_after']:8.2f}% "
+            f"{100 * r['false_alarm_rate']:11.2f}%"
+        )
     print(
         f"\n{'non-digits':<40} {'n':>5} {'AUROC':>7} {'worst':>7} {'flagged':>8} {'MSP AUROC':>9}"
     )
     for r in result["non_digits"]:
-        print(f"{r['name'][:40]:<40} {r['n']:>5} {r['auroc']:7.4f} {r['auroc_worst_real_set']:7.4f} "
-              f"{100 * r['flagged_rate']:7.1f}% {r['auroc_max_softmax']:9.4f}")  # fmt: skip
+        print(
+            f"{r['name'][:40]:<40} {r['n']:>5} {r['auroc']:7.4f} {r['auroc_worst_real_set']:7.4f} "
+            f"{100 * r['flagged_rate']:7.1f}% {r['auroc_max_softmax']:9.4f}"
+        )
     for r in result.get("leave_one_generator_out", []):
-        print(f"left out {r['left_out']:<32} AUROC {r['auroc']:.4f} flagged "
-              f"{100 * r['flagged_rate']:.1f}% false alarms {100 * r['false_alarm_rate']:.2f}%")  # fmt: skip
+        print(
+            f"left out {r['left_out']:<32} AUROC {r['auroc']:.4f} flagged "
+            f"{100 * r['flagged_rate']:.1f}% false alarms {100 * r['false_alarm_rate']:.2f}%"
+        )
+
+
+def fit_and_measure(
+    model: torch.nn.Module,
+    data: TrustData,
+    real: Sets,
+    odd: dict[str, np.ndarray],
+    *,
+    seed: int,
+    logo: bool = True,
+) -> tuple[TrustReport, dict[str, Any]]:
+    report = fit_on(model, data, seed=seed)
+    print(
+        f"fitted: T={report.temperature:.3f} threshold={report.threshold:.4f} "
+        f"train AUROC {report.train_auroc:.4f} ({report.seconds:.1f} s)",
+        file=sys.stderr,
+    )
+    result = evaluate(model, real, odd)
+    if logo:
+        result["leave_one_generator_out"] = leave_one_generator_out(model, data, odd, real, seed)
+    return report, result
+
+
+def write_outputs(
+    classifier: Classifier,
+    weights: Path,
+    report: TrustReport,
+    result: dict[str, Any],
+    command: str,
+) -> dict[str, Any]:
+    """Weights with the fitted trust buffers (the CNN unchanged), card and diagram beside them."""
+    from digit_predictor.ml.card import write_card
+
+    out_dir = weights.parent
+    buffer = io.BytesIO()
+    torch.save(classifier.model.state_dict(), buffer)
+    blob = buffer.getvalue()
+    weights.write_bytes(blob)
+    sha = hashlib.sha256(blob).hexdigest()
+    plot_reliability(result["real_digits"], out_dir / RELIABILITY_PNG)
+    card = dict(classifier.card)
+    card["cnn_version"] = card.get("cnn_version", card["version"])
+    card["version"] = f"{card['architecture']}-{sha[:12]}"
+    card["weights_sha256"] = sha
+    card["weights_bytes"] = len(blob)
+    card["trust"] = {
+        "command": command,
+        "fit": report.as_dict(),
+        **result,
+        "reliability_diagram": RELIABILITY_PNG,
+    }
+    write_card(out_dir, card)
+    return card
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=DEFAULT_MODEL_PATH)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--per-generator", type=int, default=400, help="training non-digits each")
-    parser.add_argument("--eval-n", type=int, default=500, help="held-out non-digits each")
-    parser.add_argument("--canvas-n", type=int, default=2000)
+    parser.add_argument(
+        "--per-generator", type=int, default=PER_GENERATOR, help="training non-digits each"
+    )
+    parser.add_argument("--eval-n", type=int, default=300, help="held-out non-digits each")
+    parser.add_argument("--canvas-n", type=int, default=1000)
     parser.add_argument("--no-logo", action="store_true", help="skip leave-one-generator-out")
     parser.add_argument("--write", action="store_true", help="write weights, card, diagram")
     args = parser.parse_args(argv)
-    from digit_predictor.ml.card import write_card
-    from digit_predictor.ml.inference import Classifier
 
     torch.manual_seed(args.seed)
     classifier = Classifier.load(args.weights)
-    model = classifier.model
     data = draw_trust_data(args.seed, args.per_generator, progress=True)
-    report = fit_on(model, data, seed=args.seed)
-    print(f"fitted: T={report.temperature:.3f} threshold={report.threshold:.4f} "
-          f"train AUROC {report.train_auroc:.4f} ({report.seconds:.1f} s)", file=sys.stderr)  # fmt: skip
     real = heldout_real(canvas_n=args.canvas_n, progress=True)
     odd = heldout_nondigits(args.eval_n, progress=True)
-    result = evaluate(model, real, odd)
-    if not args.no_logo:
-        result["leave_one_generator_out"] = leave_one_generator_out(
-            model, data, odd, real, args.seed
-        )
+    report, result = fit_and_measure(
+        classifier.model, data, real, odd, seed=args.seed, logo=not args.no_logo
+    )
     print_tables(result)
     if args.write:
-        out_dir = Path(args.weights).parent
-        buffer = io.BytesIO()
-        torch.save(model.state_dict(), buffer)
-        blob = buffer.getvalue()
-        Path(args.weights).write_bytes(blob)
-        sha = hashlib.sha256(blob).hexdigest()
-        plot_reliability(result["real_digits"], out_dir / RELIABILITY_PNG)
-        card = dict(classifier.card)
-        card["cnn_version"] = card.get("cnn_version", card["version"])
-        card["version"] = f"{card['architecture']}-{sha[:12]}"
-        card["weights_sha256"] = sha
-        card["weights_bytes"] = len(blob)
         argv_list = list(sys.argv[1:] if argv is None else argv)
-        card["trust"] = {
-            "command": shlex.join(["python", "-m", "digit_predictor.ml.trust_eval", *argv_list]),
-            "fit": report.as_dict(),
-            **result,
-            "reliability_diagram": RELIABILITY_PNG,
-        }
-        write_card(out_dir, card)
+        command = shlex.join(["python", "-m", "digit_predictor.ml.trust_eval", *argv_list])
+        card = write_outputs(classifier, Path(args.weights), report, result, command)
         print(f"wrote {args.weights} ({card['version']}) and its card", file=sys.stderr)
     return 0
 

@@ -50,6 +50,18 @@ def image_stats(x: torch.Tensor) -> torch.Tensor:
 
 
 class TrustHead(nn.Module):
+    fitted: torch.Tensor  # 0 or 1
+    temperature: torch.Tensor
+    threshold: torch.Tensor  # ood_score at or above which a drawing is not a digit
+    class_means: torch.Tensor  # (10, D) penultimate features per digit
+    precision: torch.Tensor  # (D, D) inverse of the shared covariance
+    in_mean: torch.Tensor  # the detector's input standardisation
+    in_scale: torch.Tensor
+    w1: torch.Tensor  # the detector MLP: inputs -> hidden (ReLU) -> log-odds of not a digit
+    b1: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
+
     def __init__(self, feature_dim: int, hidden: int = HIDDEN) -> None:
         super().__init__()
         inputs = feature_dim + 10 + SCORE_STATS + IMAGE_STATS
