@@ -44,7 +44,8 @@ def post(client: httpx.Client, png: bytes) -> dict[str, object]:
 
 def _picture(strokes: list[list[tuple[float, float]]], seed: int) -> bytes:
     placed, width = place(strokes, np.random.default_rng(seed))
-    return to_png(paint(placed, min(width, 20.0)))
+    png: bytes = to_png(paint(placed, min(width, 20.0)))
+    return png
 
 
 def _two_digits() -> bytes:
@@ -63,7 +64,8 @@ def _letter(char: str) -> bytes:
     from digit_predictor.ml.canvas import redraw_digit
 
     ink = redraw_digit(glyph(char, "DejaVuSans.ttf"), np.random.default_rng(3))
-    return to_png(ink)
+    png: bytes = to_png(ink)
+    return png
 
 
 NON_DIGITS = {
