@@ -25,7 +25,7 @@ from digit_predictor.ml.trust import (
     normalised,
     reliability,
 )
-from digit_predictor.ml.trust_head import TrustHead, assess, load_state
+from digit_predictor.ml.trust_head import TrustHead, assess, head_of, load_state
 
 # --- metrics -----------------------------------------------------------------------------------
 
@@ -106,7 +106,7 @@ def test_trust_buffers_travel_in_the_state_dict_and_train_nothing() -> None:
     torch.save(model.state_dict(), buffer)
     again = build_model("bn_cnn_wide")
     assert load_state(again, torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
-    assert float(again.trust.temperature) == pytest.approx(1.7) and again.trust.is_fitted
+    assert float(head_of(again).temperature) == pytest.approx(1.7) and head_of(again).is_fitted
 
 
 def test_weights_from_before_the_trust_head_still_load_unfitted(tmp_path: Path) -> None:
@@ -114,7 +114,7 @@ def test_weights_from_before_the_trust_head_still_load_unfitted(tmp_path: Path) 
     old_state = {k: v for k, v in model.state_dict().items() if not k.startswith("trust.")}
     fresh = build_model("seed")
     assert load_state(fresh, old_state) is False
-    assert not fresh.trust.is_fitted
+    assert not head_of(fresh).is_fitted
     broken = dict(old_state)
     broken.pop("features.0.weight")
     with pytest.raises(RuntimeError, match=r"features\.0\.weight"):
@@ -160,9 +160,9 @@ def test_fit_on_small_data_sets_the_buffers_and_leaves_the_weights_alone(
     report = fit_on(model, data, seed=0)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert model.trust.is_fitted
+    assert head_of(model).is_fitted
     assert 0.2 < report.temperature < 5.0
-    assert float(model.trust.temperature) == pytest.approx(report.temperature)
+    assert float(head_of(model).temperature) == pytest.approx(report.temperature)
     assert 0.0 < report.threshold < 1.0
     assert report.threshold_false_alarm_rate <= 0.01
     assert report.calibration_nll_after <= report.calibration_nll_before + 1e-9
@@ -174,7 +174,7 @@ def test_fit_on_small_data_sets_the_buffers_and_leaves_the_weights_alone(
 def test_the_shipped_model_carries_fitted_trust_parameters(shipped: Classifier) -> None:
     assert shipped.trust_fitted
     assert "trust" in shipped.card
-    assert 0.2 < float(shipped.model.trust.temperature) < 5.0
+    assert 0.2 < float(head_of(shipped.model).temperature) < 5.0
 
 
 @shipped_only

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 
@@ -14,6 +13,7 @@ from digit_predictor.web.api_client import (
     ApiUnavailable,
     parse_prediction,
 )
+from tests.servers import free_port
 from tests.web.stub_api import Reply, StubApi, prediction_body, running_stub
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"fake-but-opaque-to-the-client"
@@ -28,12 +28,6 @@ def stub() -> Iterator[StubApi]:
 def _client(url: str, **kwargs: object) -> ApiClient:
     kwargs.setdefault("backoff_s", 0.01)
     return ApiClient(url, **kwargs)  # type: ignore[arg-type]
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_sends_the_drawing_as_multipart_and_parses_the_prediction(stub: StubApi) -> None:
@@ -124,7 +118,7 @@ def test_a_slow_api_times_out_without_a_retry(stub: StubApi) -> None:
 
 
 def test_nothing_listening_is_unavailable_quickly() -> None:
-    client = _client(f"http://127.0.0.1:{_closed_port()}")
+    client = _client(f"http://127.0.0.1:{free_port()}")
     started = time.monotonic()
     with pytest.raises(ApiUnavailable, match="not reachable"):
         client.predict(PNG)

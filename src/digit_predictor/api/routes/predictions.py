@@ -120,7 +120,7 @@ def create_prediction(
         is_digit=outcome.is_digit,
         ood_score=outcome.ood_score,
         image_data=data,
-        model_version=services.predictor.version,
+        model_version=outcome.model_version,
         latency_ms=outcome.latency_ms,
         source=source or None,
         created_at=datetime.now(UTC),
