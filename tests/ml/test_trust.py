@@ -121,6 +121,19 @@ def test_weights_from_before_the_trust_head_still_load_unfitted(tmp_path: Path) 
         load_state(build_model("seed"), broken)
 
 
+def test_registry_weights_from_before_the_trust_head_load_as_a_classifier() -> None:
+    # The registry hands weights over as bytes (Classifier.from_weights), not as a file.
+    model = build_model("seed")
+    old_state = {k: v for k, v in model.state_dict().items() if not k.startswith("trust.")}
+    buffer = io.BytesIO()
+    torch.save(old_state, buffer)
+    card = {"version": "before-trust", "architecture": "seed"}
+    old = Classifier.from_weights("seed", buffer.getvalue(), card, origin="registry")
+    assert not old.trust_fitted
+    verdict = old.assess(torch.zeros(2, 1, 28, 28))
+    assert verdict.is_digit.all() and np.allclose(verdict.probabilities.sum(axis=1), 1.0)
+
+
 # --- fitting on the shipped weights --------------------------------------------------------------
 
 shipped_only = pytest.mark.skipif(
