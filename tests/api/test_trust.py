@@ -13,8 +13,8 @@ import pytest
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
 from digit_predictor.db import Database, queries
-from digit_predictor.ml.canvas import pen_digit, to_png
 from digit_predictor.ml.nondigits import DOODLES, SHAPES, glyph, paint, place
+from digit_predictor.ml.synthetic_digits import pen_digit, to_png
 from tests.api import drawings
 from tests.servers import api_env, api_server
 
@@ -67,7 +67,7 @@ def _two_digits() -> bytes:
 
 
 def _letter(char: str) -> bytes:
-    from digit_predictor.ml.canvas import redraw_digit
+    from digit_predictor.ml.synthetic_digits import redraw_digit
 
     ink = redraw_digit(glyph(char, "DejaVuSans.ttf"), np.random.default_rng(3))
     png: bytes = to_png(ink)

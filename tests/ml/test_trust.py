@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
+from digit_predictor.ml.card import ModelCard
 from digit_predictor.ml.data import default_data_dir, load_split
 from digit_predictor.ml.inference import Classifier
 from digit_predictor.ml.models import build_model
@@ -188,6 +190,17 @@ def test_the_shipped_model_carries_fitted_trust_parameters(shipped: Classifier) 
     assert shipped.trust_fitted
     assert "trust" in shipped.card
     assert 0.2 < float(head_of(shipped.model).temperature) < 5.0
+
+
+@shipped_only
+def test_the_trust_section_survives_a_typed_card_read_and_write(tmp_path: Path) -> None:
+    card = ModelCard.read(DEFAULT_MODEL_PATH.parent)
+    assert card.trust is not None and card.cnn_version
+    card.write(tmp_path)
+    again = json.loads(ModelCard.path_in(tmp_path).read_text(encoding="utf-8"))
+    shipped = json.loads(ModelCard.path_in(DEFAULT_MODEL_PATH.parent).read_text(encoding="utf-8"))
+    assert again == shipped
+    assert "## Knowing a non-digit" in (tmp_path / "model_card.md").read_text(encoding="utf-8")
 
 
 @shipped_only

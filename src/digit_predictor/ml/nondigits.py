@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from digit_predictor.ml.canvas import CANVAS, TEMPLATES, pen_digit, redraw_digit, to_png
 from digit_predictor.ml.preprocess import EmptyDrawingError, preprocess_bytes
+from digit_predictor.ml.synthetic_digits import CANVAS, TEMPLATES, pen_digit, redraw_digit, to_png
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 # Fonts split so that the validation letters come from faces the detector never saw.

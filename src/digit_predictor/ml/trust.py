@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from digit_predictor.ml.canvas import pen_training_digits, redraw_digit, to_png
 from digit_predictor.ml.data import default_data_dir, load_split
 from digit_predictor.ml.nondigits import TRAIN, DigitSource, generators, nondigit_set
 from digit_predictor.ml.preprocess import (
@@ -41,6 +40,7 @@ from digit_predictor.ml.preprocess import (
     preprocess_bytes,
     preprocess_ink,
 )
+from digit_predictor.ml.synthetic_digits import pen_training_digits, redraw_digit, to_png
 from digit_predictor.ml.trust_head import TrustHead, features_and_logits, head_of
 
 # The CNN's training holds out the first `VAL_SIZE` of a seeded permutation of MNIST train

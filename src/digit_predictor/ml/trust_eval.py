@@ -30,7 +30,6 @@ import torch
 from tqdm import tqdm
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
-from digit_predictor.ml.canvas import redraw_digit, to_png
 from digit_predictor.ml.data import default_data_dir, load_split
 from digit_predictor.ml.extra_digits import heldout_digits
 from digit_predictor.ml.inference import Classifier
@@ -42,6 +41,7 @@ from digit_predictor.ml.nondigits import (
     nondigit_set,
 )
 from digit_predictor.ml.preprocess import EmptyDrawingError, preprocess_bytes
+from digit_predictor.ml.synthetic_digits import redraw_digit, to_png
 from digit_predictor.ml.trust import (
     ECE_BINS,
     PER_GENERATOR,
@@ -287,7 +287,7 @@ def write_outputs(
     command: str,
 ) -> dict[str, Any]:
     """Weights with the fitted trust buffers (the CNN unchanged), card and diagram beside them."""
-    from digit_predictor.ml.card import write_card
+    from digit_predictor.ml.card import ModelCard
 
     out_dir = weights.parent
     buffer = io.BytesIO()
@@ -296,19 +296,19 @@ def write_outputs(
     weights.write_bytes(blob)
     sha = hashlib.sha256(blob).hexdigest()
     plot_reliability(result["real_digits"], out_dir / RELIABILITY_PNG)
-    card = dict(classifier.card)
-    card["cnn_version"] = card.get("cnn_version", card["version"])
-    card["version"] = f"{card['architecture']}-{sha[:12]}"
-    card["weights_sha256"] = sha
-    card["weights_bytes"] = len(blob)
-    card["trust"] = {
+    card = ModelCard.from_dict(dict(classifier.card))
+    card.cnn_version = card.cnn_version or card.version
+    card.version = f"{card.architecture}-{sha[:12]}"
+    card.weights_sha256 = sha
+    card.weights_bytes = len(blob)
+    card.trust = {
         "command": command,
         "fit": report.as_dict(),
         **result,
         "reliability_diagram": RELIABILITY_PNG,
     }
-    write_card(out_dir, card)
-    return card
+    card.write(out_dir)
+    return card.to_dict()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
