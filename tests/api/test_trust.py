@@ -3,8 +3,10 @@ before, and the row in PostgreSQL carries is_digit and ood_score."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -162,3 +164,33 @@ def test_rows_from_before_the_detector_read_back_with_nulls(db: Database) -> Non
 
     best = queries.high_score_today(db, ZoneInfo("UTC"))
     assert best is not None and best.id == old.id
+
+
+def test_the_verdict_survives_the_spool_and_the_batch_insert(tmp_path: Path, db: Database) -> None:
+    # A row answered 202 waits in the worker's spool; a worker that takes it over must write the
+    # verdict too, in the same batch insert the api uses.
+    from digit_predictor.api.spool import Spool
+
+    rows = [
+        queries.NewPrediction(
+            predicted_digit=d,
+            confidence=0.5,
+            probabilities=[0.1] * 10,
+            image_data=drawings.drawing_png(1),
+            model_version="spooled",
+            is_digit=d % 2 == 0,
+            ood_score=0.25 * d,
+        )
+        for d in range(4)
+    ]
+    dead = Spool(tmp_path)
+    for row in rows:
+        dead.add(row)
+    os.close(dead._lock_fd)  # the worker dies; its spool file stays
+    alive = Spool(tmp_path)
+    taken = alive.adopt_orphans()
+    alive.close(keep=False)
+    assert [(r.is_digit, r.ood_score) for r in taken] == [(r.is_digit, r.ood_score) for r in rows]
+    ids = queries.insert_predictions(db, taken)
+    stored = [queries.get_prediction(db, ids[r.request_id]) for r in rows]
+    assert [(s.is_digit, s.ood_score) for s in stored] == [(r.is_digit, r.ood_score) for r in rows]
