@@ -62,13 +62,16 @@ def test_corrections_through_the_api_retrain_and_reach_the_running_api(
             assert feedback.status_code == 200, feedback.text
 
         # The trainer service's command: the gate must pass against the weak champion.
-        result = retrain_cli(own_database_url, "--promote", *QUICK)
+        # With the trust re-fit (calibration, non-digit detector) on a small set of drawings.
+        quick = [arg for arg in QUICK if arg != "--no-refit-trust"]
+        result = retrain_cli(own_database_url, "--promote", *quick, "--trust-per-generator=40")
         assert result.returncode == 0, result.stdout + result.stderr
         champion = registry.champion(own_db)
         assert champion is not None and champion.parent_version == weak
         assert last_line(result).startswith(f"promoted {champion.version}")
         gate = champion.card["gate"]
         assert gate["rows"], gate
+        assert champion.card["post_finetune"]["trust"]["temperature"] > 0
 
         # The running api follows, with no restart.
         promoted_at = time.monotonic()

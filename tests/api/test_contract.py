@@ -130,6 +130,8 @@ def test_list_is_newest_first_paged_and_without_images(client: httpx.Client) -> 
         "true_digit",
         "feedback_at",
         "correct",
+        "is_digit",
+        "ood_score",
     }
 
     rest = client.get("/v1/predictions", params={"limit": 3, "offset": 3}).json()

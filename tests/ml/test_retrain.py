@@ -36,6 +36,7 @@ QUICK = [
     "--max-steps=40",
     "--threads=1",
     "--no-progress",
+    "--no-refit-trust",  # minutes; tests/test_learning_loop.py runs it, on a small set
 ]
 
 

@@ -24,7 +24,9 @@ from digit_predictor.ml.preprocess import preprocess_bytes
 class Outcome:
     digit: int
     confidence: float
-    probabilities: list[float]
+    probabilities: list[float]  # calibrated
+    is_digit: bool  # false: does not look like a single digit; `digit` is only a guess
+    ood_score: float  # 0..1, higher = less like a digit
     latency_ms: float
     model_version: str  # the model that answered
     model_input: np.ndarray  # uint8 (28, 28): exactly what the model saw
@@ -67,7 +69,8 @@ class Predictor:
         started = time.perf_counter()
         classifier = self._classifier  # one model for the whole request, whatever swaps meanwhile
         pre = preprocess_bytes(data, max_side=self.max_side)
-        probs = classifier.predict_proba(pre.tensor.unsqueeze(0))[0]
+        verdict = classifier.assess(pre.tensor.unsqueeze(0))
+        probs = verdict.probabilities[0]
         digit = int(probs.argmax())
         # Softmax in float64 sums to 1 within rounding; clip guards the [0, 1] check constraint.
         probabilities = [min(max(float(p), 0.0), 1.0) for p in probs]
@@ -75,6 +78,8 @@ class Predictor:
             digit=digit,
             confidence=probabilities[digit],
             probabilities=probabilities,
+            is_digit=bool(verdict.is_digit[0]),
+            ood_score=min(max(float(verdict.ood_score[0]), 0.0), 1.0),
             latency_ms=(time.perf_counter() - started) * 1000.0,
             model_version=classifier.version,
             model_input=pre.image,

@@ -35,8 +35,19 @@ class PredictionCreated(BaseModel):
     )
     request_id: UUID = Field(description="identifies the row, stored or queued")
     digit: Digit
-    confidence: Probability = Field(description="probability of the predicted digit")
+    confidence: Probability = Field(
+        description="calibrated probability of the predicted digit: of drawings answered with "
+        "confidence 0.9, about 90% are right"
+    )
     probabilities: Probabilities
+    is_digit: bool = Field(
+        description="false: the drawing does not look like a single digit (a letter, a "
+        "scribble, a shape, two digits...); `digit` is then only the closest guess"
+    )
+    ood_score: Probability = Field(
+        description="how unlike a digit the drawing is, 0..1 (higher = less like a digit); "
+        "`is_digit` is false above the model's threshold"
+    )
     model_version: str
     created_at: datetime
     latency_ms: float = Field(
@@ -62,6 +73,12 @@ class PredictionRecord(BaseModel):
     true_digit: Digit | None = Field(description="the person's answer, once given")
     feedback_at: datetime | None
     correct: bool | None = Field(description="true_digit == digit; null without feedback")
+    is_digit: bool | None = Field(
+        default=None, description="false: not a digit, by the detector; null for older rows"
+    )
+    ood_score: Probability | None = Field(
+        default=None, description="how unlike a digit, 0..1; null for older rows"
+    )
 
     @classmethod
     def from_row(cls, row: Prediction) -> PredictionRecord:
@@ -78,6 +95,8 @@ class PredictionRecord(BaseModel):
             true_digit=row.true_digit,
             feedback_at=row.feedback_at,
             correct=row.is_correct,
+            is_digit=row.is_digit,
+            ood_score=row.ood_score,
         )
 
 

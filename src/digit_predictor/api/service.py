@@ -36,6 +36,8 @@ def predict_and_store(
         predicted_digit=outcome.digit,
         confidence=outcome.confidence,
         probabilities=outcome.probabilities,
+        is_digit=outcome.is_digit,
+        ood_score=outcome.ood_score,
         image_data=data,
         model_version=outcome.model_version,
         latency_ms=outcome.latency_ms,

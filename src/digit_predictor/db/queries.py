@@ -23,7 +23,7 @@ CONFIDENCE_BINS = 15
 # Columns of a prediction without the image bytes, which only some callers need.
 _COLUMNS = (
     "id, request_id, created_at, predicted_digit, confidence, probabilities, "
-    "true_digit, feedback_at, model_version, latency_ms, source"
+    "true_digit, feedback_at, model_version, latency_ms, source, is_digit, ood_score"
 )
 
 
@@ -59,6 +59,9 @@ class NewPrediction:
     # Set by the api so that a retried write (after a database outage) stays one row.
     request_id: uuid.UUID = field(default_factory=uuid.uuid4)
     created_at: datetime | None = None  # None: the database's now()
+    # The non-digit detector's verdict; None when the model has none (old weights).
+    is_digit: bool | None = None
+    ood_score: float | None = None
 
     def values(self) -> tuple[Any, ...]:
         return tuple(
@@ -89,6 +92,8 @@ class Prediction:
     latency_ms: float | None
     source: str | None
     image_data: bytes | None = None
+    is_digit: bool | None = None  # null for rows stored before the non-digit detector
+    ood_score: float | None = None
 
     @property
     def is_correct(self) -> bool | None:
@@ -180,7 +185,7 @@ class PredictionPage:
 
 
 def _prediction(row: Sequence[Any], *, with_image: bool = False) -> Prediction:
-    image = bytes(row[11]) if with_image and row[11] is not None else None
+    image = bytes(row[13]) if with_image and row[13] is not None else None
     return Prediction(
         id=row[0],
         request_id=row[1],
@@ -193,6 +198,8 @@ def _prediction(row: Sequence[Any], *, with_image: bool = False) -> Prediction:
         model_version=row[8],
         latency_ms=row[9],
         source=row[10],
+        is_digit=row[11],
+        ood_score=row[12],
         image_data=image,
     )
 
@@ -339,12 +346,13 @@ def local_day_window(tz: ZoneInfo, now: datetime | None = None) -> tuple[datetim
 
 
 def high_score_today(db: Database, tz: ZoneInfo, now: datetime | None = None) -> Prediction | None:
-    """The most confident prediction since the last local midnight (earliest wins a tie)."""
+    """The most confident prediction since the last local midnight (earliest wins a tie);
+    a drawing flagged as not a digit never wins (rows from before the detector still count)."""
     start, end = local_day_window(tz, now)
     with db.connection() as conn, conn.cursor() as cur:
         cur.execute(
             f"""SELECT {_COLUMNS} FROM predictions
-                WHERE created_at >= %s AND created_at < %s
+                WHERE created_at >= %s AND created_at < %s AND is_digit IS NOT FALSE
                 ORDER BY confidence DESC, created_at ASC, id ASC LIMIT 1""",
             (start, end),
         )

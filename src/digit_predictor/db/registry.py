@@ -269,7 +269,7 @@ def register_shipped(db: Database, weights_path: Path) -> ModelRecord:
         record = _fetch(cur, version)
     log.info(
         "registered the shipped model",
-        extra={"model_version": version, "status": record.status},
+        extra={"model_version": version, "registry_status": record.status},
     )
     return record
 

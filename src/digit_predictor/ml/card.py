@@ -57,6 +57,10 @@ class ModelCard:
     retraining: dict[str, Any] | None = None
     post_finetune: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None
+    # Set by fitting the trust head (ml/trust_eval.py): the CNN's own version, and the
+    # non-digit detector's and calibration's fit and held-out figures.
+    cnn_version: str | None = None
+    trust: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -127,6 +131,10 @@ def write_card(out_dir: Path, card: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     text = card_markdown(card)
+    if card.get("trust"):
+        from digit_predictor.ml.trust_card import trust_markdown
+
+        text += "\n" + trust_markdown(card["trust"]) + "\n"
     if (out_dir / EXAMPLES_PNG).is_file():
         text += (
             "## What the model sees\n\nPen-drawn canvas digits, the plain resize, and the "

@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 
 from digit_predictor.ml.card import CardError, ModelCard
 from digit_predictor.ml.models import build_model
+from digit_predictor.ml.trust_head import assess, head_of, load_state
 
 CARD_NAME = ModelCard.FILE_NAME
 HOW_TO_TRAIN = "train one with `python -m digit_predictor.ml.train` (writes model/saved_model/)"
@@ -31,6 +33,15 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Assessment:
+    """Calibrated probabilities and how much the drawings look like a digit at all."""
+
+    probabilities: np.ndarray  # (N, 10) float64, each row summing to 1
+    ood_score: np.ndarray  # (N,) float64 in 0..1, higher = less like a digit
+    is_digit: np.ndarray  # (N,) bool
+
+
 class Classifier:
     """A trained digit classifier in eval mode; `predict_proba` may be called from any thread."""
 
@@ -38,6 +49,9 @@ class Classifier:
         self.model = model.eval()
         self.card = card
         self.version: str = str(card["version"])
+        # Weights from before the trust head load with it unfitted: temperature 1, every
+        # drawing a digit, ood_score = 1 - max softmax (ml/trust_head.py).
+        self.trust_fitted: bool = head_of(model).is_fitted
         self._warm = threading.Event()
 
     @classmethod
@@ -73,19 +87,28 @@ class Classifier:
         try:
             # weights_only: a weights file must never be able to run code when loaded.
             state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
+            # load_state: weights from before the trust head (no trust.* keys) still load.
+            load_state(model, state)
         except Exception as exc:
             raise ModelLoadError(f"cannot load {origin} as {arch!r}: {exc}") from exc
         return cls(model, card)
 
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
-        """(N, 1, 28, 28) normalised tensors -> (N, 10) probabilities, each row summing to 1."""
+    def assess(self, batch: torch.Tensor) -> Assessment:
+        """(N, 1, 28, 28) normalised tensors -> calibrated probabilities, ood_score, is_digit."""
         if batch.ndim != 4 or tuple(batch.shape[1:]) != (1, 28, 28):
             raise ValueError(f"expected a batch of shape (N, 1, 28, 28), got {tuple(batch.shape)}")
         with torch.inference_mode():
-            logits = self.model(batch.to(dtype=torch.float32, device="cpu"))
-            probs = torch.softmax(logits.double(), dim=1)
-        return np.asarray(probs.numpy(), dtype=np.float64)
+            out = assess(self.model, batch.to(dtype=torch.float32, device="cpu"))
+            probs = torch.softmax(out.logits.double(), dim=1)
+        return Assessment(
+            probabilities=np.asarray(probs.numpy(), dtype=np.float64),
+            ood_score=np.asarray(out.ood_score.double().numpy(), dtype=np.float64),
+            is_digit=np.asarray(out.is_digit.numpy(), dtype=bool),
+        )
+
+    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
+        """(N, 1, 28, 28) normalised tensors -> (N, 10) calibrated probabilities."""
+        return self.assess(batch).probabilities
 
     def warm_up(self) -> None:
         """Run one dummy batch so the first real request does not pay for allocator set-up."""

@@ -77,12 +77,18 @@ DEFAULT_ARCHITECTURE = "bn_cnn_wide"
 
 
 def build_model(name: str) -> nn.Module:
+    """A fresh network with an unfitted trust head (buffers only: temperature, non-digit
+    detector), so the trust parameters travel in its state dict; see ml/trust_head.py."""
+    from digit_predictor.ml.trust_head import attach
+
     try:
         factory = ARCHITECTURES[name]
     except KeyError:
         known = ", ".join(sorted(ARCHITECTURES))
         raise ValueError(f"unknown architecture {name!r}; choose one of: {known}") from None
-    return factory()
+    model = factory()
+    attach(model)
+    return model
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -79,8 +79,50 @@ class PostFinetuneHook(Protocol):
     def __call__(self, model: torch.nn.Module, context: HookContext) -> dict[str, Any]: ...
 
 
+@dataclass
+class RefitTrust:
+    """Re-fit calibration and the non-digit detector (ml/trust.py) to the challenger.
+
+    Both read the CNN's features, which fine-tuning moves: the champion's fit would make the
+    challenger's confidence and "not a digit" answers wrong even where its digits are right.
+    """
+
+    name: str = "trust"
+    seed: int = 0
+    per_generator: int = 1000
+    data_dir: Path | None = None
+    progress: bool = False
+
+    def __call__(self, model: torch.nn.Module, context: HookContext) -> dict[str, Any]:
+        from digit_predictor.ml.trust import fit_trust
+
+        report = fit_trust(
+            model,
+            seed=self.seed,
+            per_generator=self.per_generator,
+            data_dir=self.data_dir,
+            progress=self.progress,
+        )
+        return report.as_dict()
+
+
 # The steps every retraining runs after fine-tuning; other modules add theirs here.
 POST_FINETUNE_HOOKS: list[PostFinetuneHook] = []
+
+
+def default_hooks(options: RetrainOptions) -> list[PostFinetuneHook]:
+    """POST_FINETUNE_HOOKS, plus the trust re-fit unless a quick run turns it off."""
+    hooks = list(POST_FINETUNE_HOOKS)
+    if options.refit_trust:
+        hooks.append(
+            RefitTrust(
+                seed=options.finetune.seed,
+                per_generator=options.trust_per_generator,
+                data_dir=options.data_dir,
+                progress=options.progress,
+            )
+        )
+    return hooks
 
 
 @dataclass
@@ -95,6 +137,9 @@ class RetrainOptions:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     progress: bool = True
     command: str = "python -m digit_predictor.ml.retrain"
+    # Re-fit calibration and the non-digit detector on the challenger (minutes; tests skip it).
+    refit_trust: bool = True
+    trust_per_generator: int = 1000
 
 
 @dataclass
@@ -378,6 +423,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--gate-limit", type=int, default=None, help="first N of each benchmark (quick runs)"
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--no-refit-trust",
+        action="store_true",
+        help="keep the champion's calibration and non-digit detector (quick runs only: they "
+        "were fitted to the champion's features)",
+    )
+    parser.add_argument(
+        "--trust-per-generator",
+        type=int,
+        default=1000,
+        help="non-digit drawings per generator for the trust re-fit",
+    )
     sub = parser.add_subparsers(dest="action")
     promote = sub.add_parser("promote", help="make VERSION the champion (a person's decision)")
     promote.add_argument("version")
@@ -410,6 +467,8 @@ def options_from_args(args: argparse.Namespace, command: str) -> RetrainOptions:
         ),
         progress=not args.no_progress,
         command=command,
+        refit_trust=not args.no_refit_trust,
+        trust_per_generator=args.trust_per_generator,
     )
 
 
@@ -436,7 +495,7 @@ def run(args: argparse.Namespace, db: Database, command: str) -> int:
         _say(f"rolled back: {record.version} is the champion again")
         return EXIT_OK
     options = options_from_args(args, command)
-    outcome = retrain(db, options)
+    outcome = retrain(db, options, hooks=default_hooks(options))
     if options.dry_run:
         verdict = "would be promoted" if outcome.gate.passed else "would be refused"
         _say(f"dry run, nothing written: {outcome.version} {verdict}")

@@ -291,6 +291,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--augment-prob", type=float, default=defaults.augment.prob)
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--skip-eval", action="store_true", help="no benchmarks in the card")
+    parser.add_argument(
+        "--skip-trust", action="store_true", help="no temperature or non-digit detector fit"
+    )
     return parser.parse_args(argv)
 
 
@@ -311,6 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     data_dir = args.data_dir or default_data_dir()
     result = run_training(config, data_dir)
+    if not args.skip_trust:
+        from digit_predictor.ml.trust import fit_trust
+
+        # Temperature and non-digit detector into the state dict (ml/trust.py); held-out
+        # figures for the card: python -m digit_predictor.ml.trust_eval --write
+        fit_trust(result.model, seed=config.seed, data_dir=data_dir, progress=True)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     command = shlex.join(["python", "-m", "digit_predictor.ml.train", *argv_list])
     # Save first: a failing benchmark must not cost the trained weights.

@@ -62,6 +62,9 @@ class PredictionResult:
     created_at: datetime | None
     latency_ms: float | None
     model_input_png: bytes | None  # the 28x28 image the model saw, when the api sends it
+    # False: the drawing does not look like a digit; an api without the detector says nothing.
+    is_digit: bool = True
+    ood_score: float | None = None
 
     @property
     def queued(self) -> bool:
@@ -87,6 +90,10 @@ def parse_prediction(body: Any) -> PredictionResult:
             raise ValueError("probabilities")
         created_at = body.get("created_at")
         latency = body.get("latency_ms")
+        is_digit = body.get("is_digit", True)
+        if not isinstance(is_digit, bool):
+            raise ValueError(f"is_digit {is_digit!r}")
+        ood_score = body.get("ood_score")
         return PredictionResult(
             id=raw_id,
             request_id=str(body["request_id"]) if body.get("request_id") else None,
@@ -97,6 +104,8 @@ def parse_prediction(body: Any) -> PredictionResult:
             created_at=datetime.fromisoformat(created_at) if created_at else None,
             latency_ms=float(latency) if latency is not None else None,
             model_input_png=_decode_png(body.get("model_input_png")),
+            is_digit=is_digit,
+            ood_score=float(ood_score) if ood_score is not None else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ApiBadResponse(

@@ -149,6 +149,8 @@ def create_prediction(
         digit=outcome.digit,
         confidence=outcome.confidence,
         probabilities=outcome.probabilities,
+        is_digit=outcome.is_digit,
+        ood_score=outcome.ood_score,
         model_version=row.model_version,
         created_at=row.created_at or datetime.now(UTC),
         latency_ms=outcome.latency_ms,

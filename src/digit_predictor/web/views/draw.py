@@ -93,15 +93,32 @@ def _show_outcome(outcome: Outcome | None) -> None:
         st.error(outcome.message, icon=":material/cloud_off:")
 
 
+NOT_A_DIGIT = "That does not look like a digit."
+NOT_A_DIGIT_HINT = "Draw one digit, 0-9, large and on its own, then press Predict again."
+
+
+def _show_answer(result: PredictionResult) -> None:
+    """The digit, big; or, for a drawing that is not a digit, that plainly, the guess small."""
+    if not result.is_digit:
+        st.warning(f"**{NOT_A_DIGIT}** {NOT_A_DIGIT_HINT}", icon=":material/help:")
+        st.markdown(
+            f'<div class="best-guess" aria-label="best guess">Best guess, if it is a digit: '
+            f"<b>{int(result.digit)}</b> ({result.confidence:.1%})</div>",
+            unsafe_allow_html=True,
+        )
+        return
+    st.markdown(
+        f'<div class="predicted-digit" aria-label="predicted digit" '
+        f'style="font-size:6rem;font-weight:700;line-height:1">{int(result.digit)}</div>',
+        unsafe_allow_html=True,
+    )
+    st.markdown(f"Confidence **{result.confidence:.1%}**")
+
+
 def _show_result(result: PredictionResult) -> None:
     top, picture = st.columns([3, 2])
     with top:
-        st.markdown(
-            f'<div class="predicted-digit" aria-label="predicted digit" '
-            f'style="font-size:6rem;font-weight:700;line-height:1">{int(result.digit)}</div>',
-            unsafe_allow_html=True,
-        )
-        st.markdown(f"Confidence **{result.confidence:.1%}**")
+        _show_answer(result)
         if result.latency_ms is not None:
             st.caption(f"model {result.model_version} · answered in {result.latency_ms:.0f} ms")
     with picture:
