@@ -50,3 +50,15 @@ async def get_metrics(request: Request) -> Metrics:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+async def get_predictor(services: ServicesDep) -> Predictor:
+    return services.predictor
+
+
+async def get_classifier(services: ServicesDep) -> Classifier:
+    return services.classifier
+
+
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+ClassifierDep = Annotated[Classifier, Depends(get_classifier)]

@@ -21,7 +21,7 @@ from digit_predictor.api.limits import MULTIPART_OVERHEAD_BYTES, UploadLimitMidd
 from digit_predictor.api.logs import RequestLogMiddleware, configure_logging
 from digit_predictor.api.metrics import Metrics
 from digit_predictor.api.predictor import Predictor
-from digit_predictor.api.routes import health, predictions, stats
+from digit_predictor.api.routes import explanations, health, predictions, previews, stats
 from digit_predictor.api.security import require_api_key
 from digit_predictor.api.write_queue import PredictionStore
 from digit_predictor.config import Settings, get_settings
@@ -116,7 +116,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     key = settings.api_key
     guard = [Security(require_api_key(key))] if key else []
     unauthorised = errors.error_responses(401) if key else {}
-    for router in (predictions.upload_router, predictions.router, stats.router):
+    for router in (
+        predictions.upload_router,
+        predictions.router,
+        stats.router,
+        explanations.router,
+        previews.router,
+    ):
         app.include_router(router, dependencies=guard, responses=unauthorised)
     app.include_router(health.router)
     errors.install(app)
