@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 PREDICTIONS_PATH = "/v1/predictions"
+PREVIEWS_PATH = "/v1/previews"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONNECT_TIMEOUT_S = 2.0
 # Retried only where the api cannot have stored anything: refused or failed connections, and
 # 502/503 (a proxy with no api behind it, or an api that is not ready). Never a read timeout.
@@ -62,6 +65,7 @@ class PredictionResult:
     created_at: datetime | None
     latency_ms: float | None
     model_input_png: bytes | None  # the 28x28 image the model saw, when the api sends it
+    preview: bool = False  # a live answer (POST /v1/previews): never stored, no id
 
     @property
     def queued(self) -> bool:
@@ -176,14 +180,39 @@ class ApiClient:
             self.session.headers["X-API-Key"] = api_key
 
     def predict(self, png: bytes, *, source: str = "web") -> PredictionResult:
-        """Send a drawing; raise an ApiProblem subclass on any failure."""
-        url = self.base_url + PREDICTIONS_PATH
+        """Send a drawing to be predicted and stored; raise an ApiProblem subclass on failure."""
+        response = self._send(
+            "POST",
+            PREDICTIONS_PATH,
+            files={"image": ("drawing.png", png, "image/png")},
+            data={"source": source},
+        )
+        return parse_prediction(self._json(response))
+
+    def preview(self, png: bytes) -> PredictionResult:
+        """The answer for a drawing that is not stored (predict as you draw); `id` is None."""
+        response = self._send(
+            "POST", PREVIEWS_PATH, files={"image": ("drawing.png", png, "image/png")}
+        )
+        return dataclasses.replace(parse_prediction(self._json(response)), preview=True)
+
+    def explanation_overlay(self, prediction_id: int, digit: int, *, scale: int = 8) -> bytes:
+        """The PNG of why the model's answer for this stored prediction was (or was not) `digit`."""
+        response = self._send(
+            "GET",
+            f"{PREDICTIONS_PATH}/{int(prediction_id)}/explanation/overlay",
+            params={"digit": int(digit), "scale": int(scale)},
+            headers={"Accept": "image/png"},
+        )
+        if not response.content.startswith(PNG_MAGIC):
+            raise ApiBadResponse("The prediction service sent an unreadable picture.")
+        return response.content
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One request; every failure (no answer, timeout, error status) as an ApiProblem."""
         try:
-            response = self.session.post(
-                url,
-                files={"image": ("drawing.png", png, "image/png")},
-                data={"source": source},
-                timeout=self.timeout,
+            response = self.session.request(
+                method, self.base_url + path, timeout=self.timeout, **kwargs
             )
         except requests.Timeout as exc:
             if isinstance(exc, requests.ConnectTimeout):
@@ -203,11 +232,14 @@ class ApiClient:
             raise ApiError(
                 _message_for(response.status_code, error_detail(response)), response.status_code
             )
+        return response
+
+    @staticmethod
+    def _json(response: requests.Response) -> Any:
         try:
-            body = response.json()
+            return response.json()
         except ValueError as exc:
             raise ApiBadResponse("The prediction service sent an unreadable answer.") from exc
-        return parse_prediction(body)
 
     def close(self) -> None:
         self.session.close()
