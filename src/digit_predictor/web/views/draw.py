@@ -259,10 +259,11 @@ def _canvas_and_answer() -> None:
         _show_outcome(state.outcome)
         result: PredictionResult | None = state.result
         if result is not None:
-            _show_result(result)
             if result.preview:
+                # Above the answer: it reaches the browser first and says what the answer is.
                 _show_live_note(state)
-            else:
+            _show_result(result)
+            if not result.preview:
                 _show_feedback(state, result)
                 _show_why(state, result)
         elif state.outcome is None:
