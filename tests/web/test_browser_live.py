@@ -159,7 +159,7 @@ def _live_scenario(stack: dict[str, Any], page: Any) -> None:
             if stack["trained"]:
                 assert finals[true_digit] == true_digit
             if true_digit == 7:
-                page.screenshot(path=str(SCREENSHOTS / "draw-live.png"))
+                page.screenshot(path=str(SCREENSHOTS / "draw-live.png"), full_page=True)
             _no_traceback(page)
             assert _rows(database_url) == 0, "a live answer was stored"
 
@@ -217,19 +217,19 @@ def _why_scenario(stack: dict[str, Any], page: Any) -> None:
 
     page.get_by_text("Why?", exact=True).click()
     first = f"Why {'an' if shown == 8 else 'a'} {shown}"
-    assert _loaded_image(page, first) == {"w": 224, "h": 224}
+    assert _loaded_image(page, first) == {"w": 196, "h": 196}
     page.get_by_text("Red: ink that made the model think of this digit").wait_for()
     _wait_idle(page)
-    page.screenshot(path=str(SCREENSHOTS / "draw-why.png"))
+    page.screenshot(path=str(SCREENSHOTS / "draw-why.png"), full_page=True)
 
     # A correction: the map for the person's digit joins the first.
     corrected = 1 if shown != 1 else 4
     _answer(page, corrected, shown)
     second = f"What speaks for {'an' if corrected == 8 else 'a'} {corrected} (your answer)"
-    assert _loaded_image(page, second) == {"w": 224, "h": 224}
-    assert _loaded_image(page, first) == {"w": 224, "h": 224}
+    assert _loaded_image(page, second) == {"w": 196, "h": 196}
+    assert _loaded_image(page, first) == {"w": 196, "h": 196}
     _wait_idle(page)
-    page.screenshot(path=str(SCREENSHOTS / "draw-why-corrected.png"))
+    page.screenshot(path=str(SCREENSHOTS / "draw-why-corrected.png"), full_page=True)
     assert _latest_row(database_url) == (row_id, shown, corrected, "web")
     assert _rows(database_url) == 1
     _no_traceback(page)

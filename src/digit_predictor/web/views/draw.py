@@ -17,6 +17,7 @@ from digit_predictor.web.api_client import ApiProblem, PredictionResult
 from digit_predictor.web.ui import UNEXPECTED, a_digit, guarded, log
 
 DIGITS = list(range(10))
+WHY_SCALE = 7  # 196x196: shown at its own size, so no resampling blurs the pixels
 WHY_LEGEND = (
     "Red: ink that made the model think of this digit. Blue: ink that spoke against it. "
     "On the 28×28 image the model saw (integrated gradients)."
@@ -208,7 +209,9 @@ def _overlay(state: Any, prediction_id: int, digit: int) -> bytes | str:
     key = (prediction_id, digit)
     if key not in cache:
         try:
-            cache[key] = resources.api_client().explanation_overlay(prediction_id, digit)
+            cache[key] = resources.api_client().explanation_overlay(
+                prediction_id, digit, scale=WHY_SCALE
+            )
         except ApiProblem as exc:
             log.warning("explanation failed: %s", exc.message)
             return exc.message  # not kept: the next rerun tries again
@@ -230,7 +233,7 @@ def _show_why(state: Any, result: PredictionResult) -> None:
             with column:
                 picture = _overlay(state, result.id, digit)
                 if isinstance(picture, bytes):
-                    st.image(picture, caption=caption, width=196)
+                    st.image(picture, caption=caption, width=28 * WHY_SCALE)
                 else:
                     st.warning(f"{caption}: {picture}")
         st.caption(WHY_LEGEND)
@@ -264,8 +267,8 @@ def _canvas_and_answer() -> None:
                 _show_live_note(state)
             _show_result(result)
             if not result.preview:
-                _show_feedback(state, result)
                 _show_why(state, result)
+                _show_feedback(state, result)
         elif state.outcome is None:
             st.info("Your prediction appears here.", icon=":material/arrow_back:")
     if stored:
