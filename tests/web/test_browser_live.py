@@ -20,7 +20,8 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tests.web.test_browser import (  # noqa: F401  (stack and page are fixtures)
+from tests.web import test_browser
+from tests.web.test_browser import (
     DIGITS,
     SCREENSHOTS,
     UI_TIMEOUT_MS,
@@ -31,10 +32,12 @@ from tests.web.test_browser import (  # noqa: F401  (stack and page are fixtures
     _no_traceback,
     _predict,
     _wait_idle,
-    page,
-    stack,
 )
 from tests.web.web_server import WebServer
+
+# The same stack (PostgreSQL, api, Streamlit) and browser as test_browser.py.
+stack = test_browser.stack
+page = test_browser.page
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
