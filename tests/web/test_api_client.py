@@ -5,6 +5,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from PIL import Image
 
 from digit_predictor.web.api_client import (
     ApiBadResponse,
@@ -14,6 +15,7 @@ from digit_predictor.web.api_client import (
     ApiUnavailable,
     parse_prediction,
 )
+from digit_predictor.web.images import to_png
 from tests.web.stub_api import Reply, StubApi, prediction_body, running_stub
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"fake-but-opaque-to-the-client"
@@ -203,7 +205,7 @@ def test_preview_refusal_and_outage_are_the_same_messages_as_predict(stub: StubA
 
 
 def test_explanation_overlay_asks_for_the_digit_and_returns_the_png(stub: StubApi) -> None:
-    overlay = b"\x89PNG\r\n\x1a\n" + b"an-overlay"
+    overlay = to_png(Image.new("RGB", (196, 196), (200, 40, 20)))
     stub.queue(Reply(200, overlay, content_type="image/png"))
     assert _client(stub.url).explanation_overlay(42, 1, scale=7) == overlay
     [request] = stub.received
@@ -215,9 +217,11 @@ def test_explanation_overlay_failures_are_api_problems(stub: StubApi) -> None:
     stub.queue(
         Reply(404, {"detail": "no prediction with id 42; check the id"}),
         Reply(200, {"not": "a png"}),
+        Reply(200, b"\x89PNG\r\n\x1a\n" + b"a PNG signature and nothing else"),
     )
     with pytest.raises(ApiError) as missing:
         _client(stub.url).explanation_overlay(42, 7)
     assert missing.value.status == 404 and "no prediction with id 42" in missing.value.message
-    with pytest.raises(ApiBadResponse):
-        _client(stub.url).explanation_overlay(42, 7)
+    for _unreadable in range(2):
+        with pytest.raises(ApiBadResponse):
+            _client(stub.url).explanation_overlay(42, 7)

@@ -8,18 +8,19 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import io
 import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import requests
+from PIL import Image
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 PREDICTIONS_PATH = "/v1/predictions"
 PREVIEWS_PATH = "/v1/previews"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONNECT_TIMEOUT_S = 2.0
 # Retried only where the api cannot have stored anything: refused or failed connections, and
 # 502/503 (a proxy with no api behind it, or an api that is not ready). Never a read timeout.
@@ -204,8 +205,13 @@ class ApiClient:
             params={"digit": int(digit), "scale": int(scale)},
             headers={"Accept": "image/png"},
         )
-        if not response.content.startswith(PNG_MAGIC):
-            raise ApiBadResponse("The prediction service sent an unreadable picture.")
+        try:
+            with Image.open(io.BytesIO(response.content)) as picture:
+                if picture.format != "PNG":
+                    raise ValueError(picture.format)
+                picture.verify()
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's ways of saying "not a PNG"
+            raise ApiBadResponse("The prediction service sent an unreadable picture.") from exc
         return response.content
 
     def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
