@@ -188,24 +188,12 @@ def in_process(classifier: Classifier, pngs: list[bytes]) -> None:
         started = time.perf_counter()
         classifier.predict_proba(p.tensor.unsqueeze(0))
         predict_ms.append((time.perf_counter() - started) * 1000.0)
-    print()
-    print(
-        table(
-            "in process, one thread",
-            "p50 ms",
-            "p95 ms",
-            "p50 / model forward",
-            "map error vs 256 points (L1, median)",
-            "completeness gap (median)",
-        )
-    )
-    print(table("---", "---:", "---:", "---:", "---:", "---:"))
     fwd = pct(predict_ms, 50)
-    print(
+    rows = [
         table(
             "model forward, one drawing", f"{fwd:.2f}", f"{pct(predict_ms, 95):.2f}", "1x", "", ""
         )
-    )
+    ]
     for steps in tqdm(STEPS, desc="quadrature points", unit="setting", leave=False):
         ms, errors, gaps = [], [], []
         for p, d, ref in zip(pres, digits, references, strict=True):
@@ -215,7 +203,7 @@ def in_process(classifier: Classifier, pngs: list[bytes]) -> None:
             errors.append(float(np.abs(a.values - ref).sum() / max(np.abs(ref).sum(), 1e-12)))
             gaps.append(abs(a.convergence_delta) / max(abs(a.logit - a.baseline_logit), 1e-12))
         mark = " (served)" if steps == explain.DEFAULT_STEPS else ""
-        print(
+        rows.append(
             table(
                 f"integrated gradients, {steps} points{mark}",
                 f"{pct(ms, 50):.1f}",
@@ -225,37 +213,49 @@ def in_process(classifier: Classifier, pngs: list[bytes]) -> None:
                 f"{np.median(gaps):.1%}",
             )
         )
+    print()
+    print(
+        table(
+            "in process, one thread",
+            "p50 ms",
+            "p95 ms",
+            "p50 / model forward",
+            f"map error vs {REFERENCE_STEPS} points (L1, median)",
+            "completeness gap (median)",
+        )
+    )
+    print(table("---", "---:", "---:", "---:", "---:", "---:"))
+    print("\n".join(rows))
 
 
 def gallery(classifier: Classifier, pngs: list[bytes], path: Path) -> None:
-    """Drawings with the map of their answer and of the runner-up, side by side."""
+    """One column per drawing: the input, the map of the answer, the map of the runner-up."""
     from PIL import Image, ImageDraw
 
-    cell, pad, label = 112, 8, 16
+    cell, pad, label = 112, 6, 14
     chosen = pngs[:10]
-    sheet = Image.new(
-        "RGB", (3 * (cell + pad) + pad, len(chosen) * (cell + pad + label) + pad), "white"
-    )
+    width = len(chosen) * (cell + pad) + pad
+    sheet = Image.new("RGB", (width, 3 * (cell + pad + label) + pad), "white")
     pen = ImageDraw.Draw(sheet)
-    for row, png in enumerate(chosen):
+    for col, png in enumerate(chosen):
         pre: Preprocessed = preprocess_bytes(png)
         probs = classifier.predict_proba(pre.tensor.unsqueeze(0))[0]
         first, second = (int(d) for d in np.argsort(probs)[::-1][:2])
-        y = pad + row * (cell + pad + label)
         drawn = Image.fromarray(pre.image).resize((cell, cell), Image.Resampling.NEAREST)
-        tiles = [("input", drawn.convert("RGB"))]
-        for digit, name in ((first, "answer"), (second, "runner-up")):
+        tiles = [("model input", drawn.convert("RGB"))]
+        for digit in (first, second):
             e = explain.explain(classifier.model, pre, digit)
             tiles.append(
-                (f"{name} {digit} ({probs[digit]:.0%})", Image.open(io.BytesIO(e.overlay_png(4))))
+                (f"{digit} ({probs[digit]:.0%})", Image.open(io.BytesIO(e.overlay_png(4))))
             )
-        for col, (text, tile) in enumerate(tiles):
-            x = pad + col * (cell + pad)
+        x = pad + col * (cell + pad)
+        for row, (text, tile) in enumerate(tiles):
+            y = pad + row * (cell + pad + label)
             pen.text((x, y), text, fill="black")
             sheet.paste(tile, (x, y + label))
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
-    print(f"\ngallery: {path}")
+    print(f"\ngallery (rows: input, answer, runner-up): {path}")
 
 
 def main() -> int:
