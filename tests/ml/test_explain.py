@@ -82,7 +82,7 @@ def test_the_shipped_architecture_black_pixels_get_nothing_and_parameters_are_un
     assert np.abs(values[pre.image > 0]).sum() > 0
     assert all(p.grad is None for p in model.parameters())
     assert result.attribution.steps == explain.DEFAULT_STEPS
-    probabilities = torch.softmax(model(pre.tensor.unsqueeze(0)).double(), dim=1)[0]
+    probabilities = torch.softmax(model(pre.tensor.unsqueeze(0)).detach().double(), dim=1)[0]
     assert result.attribution.probability == pytest.approx(float(probabilities[7]), abs=1e-6)
 
 

@@ -34,7 +34,7 @@ def _state() -> Any:
     state.setdefault("live", False)  # the "Predict as I draw" toggle
     state.setdefault("answered_drawing", None)  # drawing_key of what the shown answer is for
     state.setdefault("live_strokes", 0)  # strokes on the canvas when the live answer was asked
-    state.setdefault("why", {})  # (prediction id, digit) -> overlay PNG, or the message why not
+    state.setdefault("why", {})  # (prediction id, digit) -> its explanation overlay (PNG)
     if "high_score" not in state:
         state.high_score = HighScoreState()
     return state
@@ -205,7 +205,7 @@ def _show_live_note(state: Any) -> None:
 
 def _overlay(state: Any, prediction_id: int, digit: int) -> bytes | str:
     """The explanation picture for (prediction, digit), fetched once per page session."""
-    cache: dict[tuple[int, int], bytes | str] = state.why
+    cache: dict[tuple[int, int], bytes] = state.why
     key = (prediction_id, digit)
     if key not in cache:
         try:
@@ -242,6 +242,11 @@ def _show_why(state: Any, result: PredictionResult) -> None:
 @st.fragment
 def _canvas_and_answer() -> None:
     """Everything a stroke changes; Streamlit reruns just this on each stroke."""
+    # A fragment rerun does not pass through the page's guard: this one keeps tracebacks out.
+    guarded(_draw_and_answer)
+
+
+def _draw_and_answer() -> None:
     state = _state()
     left, right = st.columns([2, 3], gap="large")
     with left:
@@ -255,7 +260,7 @@ def _canvas_and_answer() -> None:
         predict_col, clear_col = st.columns(2)
         predict = predict_col.button("Predict", type="primary", key="predict", width="stretch")
         clear_col.button("Clear", key="clear", on_click=_clear, width="stretch")
-        stored = _predict(state, drawing) if predict else False
+        predicted = _predict(state, drawing) if predict else False
         if not predict and state.live:
             _preview_if_changed(state, drawing)
     with right:
@@ -271,7 +276,7 @@ def _canvas_and_answer() -> None:
                 _show_feedback(state, result)
         elif state.outcome is None:
             st.info("Your prediction appears here.", icon=":material/arrow_back:")
-    if stored:
+    if predicted:
         # Today's high score (outside this fragment) may have changed: rerun the whole page.
         st.rerun(scope="app")
 
