@@ -57,7 +57,8 @@ async def get_predictor(services: ServicesDep) -> Predictor:
 
 
 async def get_classifier(services: ServicesDep) -> Classifier:
-    return services.classifier
+    # Through the predictor: the model that answers predictions is the one explained.
+    return services.predictor.classifier
 
 
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
