@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint typecheck unit clean
+.PHONY: dev test lint typecheck fast unit clean
 
 $(BIN)/python:
 	scripts/system_deps.sh dev
@@ -29,9 +29,15 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-# Fast feedback while working: everything but the browser and reliability suites.
-unit: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -m "not browser and not reliability"
+# The inner loop: everything but the browser, reliability and slow tests (real PostgreSQL and
+# real api processes included). `make test` runs them all, with the linters and mypy.
+fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m "not browser and not reliability and not slow"
 
+unit: fast  # the old name
+
+# Also deletes `make dev`'s PostgreSQL cluster, which lives outside the checkout
+# (`scripts/pg_cluster.sh dev-dir` says where).
 clean:
+	scripts/pg_cluster.sh destroy "$$(scripts/pg_cluster.sh dev-dir)"
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -33,15 +33,12 @@ from urllib.parse import urlsplit
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # for tests.servers
-
-from digit_predictor.config import DEFAULT_MODEL_PATH  # noqa: E402
-from digit_predictor.ml.canvas import pen_digit, to_png  # noqa: E402
-from digit_predictor.ml.inference import Classifier  # noqa: E402
-from digit_predictor.ml.preprocess import preprocess_bytes  # noqa: E402
-from tests.pg import start_cluster, with_database  # noqa: E402
-from tests.servers import ApiServer, api_env, start_api  # noqa: E402
+from digit_predictor.config import DEFAULT_MODEL_PATH
+from digit_predictor.ml.canvas import pen_digit, to_png
+from digit_predictor.ml.inference import Classifier
+from digit_predictor.ml.preprocess import preprocess_bytes
+from digit_predictor.testing.api_server import ApiServer, api_env, start_api
+from digit_predictor.testing.postgres import start_cluster, with_database
 
 BOUNDARY = "benchboundary7f3a"
 

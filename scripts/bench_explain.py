@@ -33,16 +33,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # for tests.servers
-
-from digit_predictor.config import DEFAULT_MODEL_PATH  # noqa: E402
-from digit_predictor.ml import explain  # noqa: E402
-from digit_predictor.ml.canvas import pen_digit, to_png  # noqa: E402
-from digit_predictor.ml.inference import Classifier  # noqa: E402
-from digit_predictor.ml.preprocess import Preprocessed, preprocess_bytes  # noqa: E402
-from tests.pg import start_cluster, with_database  # noqa: E402
-from tests.servers import api_env, start_api  # noqa: E402
+from digit_predictor.config import DEFAULT_MODEL_PATH
+from digit_predictor.ml import explain
+from digit_predictor.ml.canvas import pen_digit, to_png
+from digit_predictor.ml.inference import Classifier
+from digit_predictor.ml.preprocess import Preprocessed, preprocess_bytes
+from digit_predictor.testing.api_server import api_env, start_api
+from digit_predictor.testing.postgres import start_cluster, with_database
 
 TARGET_MS = 200.0
 STEPS = (8, 16, 32, 64, 128)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole app on this machine: PostgreSQL (a private cluster under .data/ unless DATABASE_URL
-# is set), migrations, the api and the web app. Ctrl-C stops all three.
+# The whole app on this machine: PostgreSQL (a private cluster of this checkout's own, unless
+# DATABASE_URL is set), migrations, the api and the web app. Ctrl-C stops all three.
+# The cluster's folder: `scripts/pg_cluster.sh dev-dir` says where; `make clean` deletes it.
 # Run through `make dev`, which creates .venv and installs the app first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,9 +23,9 @@ cleanup() {
 trap cleanup INT TERM EXIT
 
 if [ -z "${DATABASE_URL:-}" ]; then
-    own_cluster=.data/pg
+    own_cluster=$(scripts/pg_cluster.sh dev-dir)
     DATABASE_URL=$(scripts/pg_cluster.sh start "$own_cluster" "$PG_PORT")
-    echo "PostgreSQL: private cluster in $own_cluster ($DATABASE_URL)"
+    echo "PostgreSQL: private cluster in $own_cluster ($DATABASE_URL); make clean deletes it"
 fi
 export DATABASE_URL
 export API_URL=${API_URL:-http://127.0.0.1:$API_PORT}

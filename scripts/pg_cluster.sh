@@ -5,19 +5,55 @@
 #   scripts/pg_cluster.sh stop    DIR          stop it (fast shutdown)
 #   scripts/pg_cluster.sh restart DIR          restart it (used by the recovery tests)
 #   scripts/pg_cluster.sh destroy DIR          stop it and delete DIR
+#   scripts/pg_cluster.sh dev-dir              where `make dev` keeps this checkout's cluster
 #
 # initdb and pg_ctl refuse to run as root, so as root the cluster belongs to the `postgres`
 # system user (created by Debian's postgresql package) and every call goes through runuser.
 # It listens on 127.0.0.1 only, with trust authentication: it is never reachable from outside.
+#
+# `make dev`'s cluster lives outside the checkout, because `postgres` cannot enter a checkout
+# under a private folder (root's home, a `mktemp -d`): one folder per checkout, named after
+# its path, under /var/lib/digit-predictor as root, else $XDG_STATE_HOME/digit-predictor
+# (~/.local/state/digit-predictor). DEV_PG_DIR overrides it; `make clean` deletes it.
 set -euo pipefail
+umask 022  # folders this script creates must stay enterable for `postgres`
 
-usage() { sed -n '2,9p' "$0" >&2; exit 2; }
-[ $# -ge 2 ] || usage
+usage() { sed -n '2,8p' "$0" >&2; exit 2; }
+
+dev_dir() {
+    if [ -n "${DEV_PG_DIR:-}" ]; then
+        realpath -m "$DEV_PG_DIR"
+        return
+    fi
+    local checkout state name
+    checkout=$(realpath "$(dirname "$0")/..")
+    if [ "$(id -u)" = 0 ]; then
+        state=/var/lib/digit-predictor
+    else
+        state=${XDG_STATE_HOME:-$HOME/.local/state}/digit-predictor
+    fi
+    # The folder's name plus a hash of the full path: two clones never share a cluster.
+    name=$(basename "$checkout")
+    name=${name//[^A-Za-z0-9._-]/_}
+    echo "$state/pg-$name-$(printf '%s' "$checkout" | sha256sum | cut -c1-12)"
+}
+
+[ $# -ge 1 ] || usage
 cmd=$1
+if [ "$cmd" = dev-dir ]; then
+    dev_dir
+    exit 0
+fi
+[ $# -ge 2 ] || usage
 dir=$(realpath -m "$2")
 port=${3:-54329}
 db_user=digits
 db_name=digits
+
+if [ "$cmd" = destroy ] && [ ! -s "$dir/PG_VERSION" ]; then
+    rm -rf "$dir"  # nothing can be running there: no server binaries needed
+    exit 0
+fi
 
 bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
 if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then
@@ -40,7 +76,8 @@ start)
         mkdir -p "$dir"
         [ "$(id -u)" = 0 ] && chown "$owner" "$dir"
         if ! as_owner test -w "$dir"; then
-            echo "user $owner cannot write to $dir (is a parent folder private?)" >&2
+            echo "user $owner cannot write to $dir (is a parent folder private?" \
+                "Put the cluster elsewhere, e.g. DEV_PG_DIR for make dev)" >&2
             exit 1
         fi
         as_owner "$bindir/initdb" -D "$dir" -U "$db_user" --auth=trust --encoding=UTF8 \

@@ -78,9 +78,21 @@ def migrated_database_url(pg_admin_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def database_url(migrated_database_url: str) -> str:
-    """A migrated database whose tables are empty at the start of the test."""
-    _admin_execute(migrated_database_url, "TRUNCATE predictions RESTART IDENTITY")
+    """A migrated database whose tables are empty at the start of the test.
+
+    The session's api servers share it and all serve the same test model; a test that serves
+    another model, or promotes one, takes `own_database_url` so no other api swaps to it.
+    """
+    _admin_execute(migrated_database_url, "TRUNCATE predictions, models RESTART IDENTITY")
     return migrated_database_url
+
+
+@pytest.fixture
+def own_database_url(make_database: Callable[[], str]) -> str:
+    """A freshly migrated database of this test's own (a registry no other api listens to)."""
+    url = make_database()
+    migrate(url)
+    return url
 
 
 @pytest.fixture

@@ -1,81 +1,19 @@
-"""Throwaway PostgreSQL clusters for tests, started with scripts/pg_cluster.sh."""
+"""Throwaway PostgreSQL clusters for tests: see digit_predictor.testing.postgres."""
 
-from __future__ import annotations
+from digit_predictor.testing.loopback import free_port
+from digit_predictor.testing.postgres import (
+    PG_CLUSTER,
+    ClusterFailed,
+    PostgresServer,
+    start_cluster,
+    with_database,
+)
 
-import shutil
-import socket
-import subprocess
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
-
-import pytest
-
-PG_CLUSTER = Path(__file__).resolve().parents[1] / "scripts" / "pg_cluster.sh"
-
-
-class ClusterFailed(RuntimeError):
-    pass
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class PostgresServer:
-    admin_url: str  # a superuser on the maintenance database
-    data_dir: Path | None  # set when this test run owns the cluster and may stop it
-
-    def _own(self) -> Path:
-        """The cluster's folder; skips the calling test when the server is not ours to control.
-
-        Tests that start background work should call this before starting it.
-        """
-        if self.data_dir is None:
-            pytest.skip("the server comes from TEST_DATABASE_URL; this test run cannot control it")
-        return self.data_dir
-
-    require_control = _own
-
-    def restart(self) -> None:
-        subprocess.run([str(PG_CLUSTER), "restart", str(self._own())], check=True)
-
-    def stop(self) -> None:
-        subprocess.run([str(PG_CLUSTER), "stop", str(self._own())], check=True)
-
-    def start(self) -> None:
-        subprocess.run(
-            [str(PG_CLUSTER), "start", str(self._own())], check=True, stdout=subprocess.DEVNULL
-        )
-
-    def destroy(self) -> None:
-        data_dir = self._own()
-        subprocess.run([str(PG_CLUSTER), "destroy", str(data_dir)], check=False)
-        shutil.rmtree(data_dir.parent, ignore_errors=True)
-
-
-def start_cluster(port: int | None = None) -> PostgresServer:
-    """A new cluster on `port` (a free one by default); `destroy()` removes it."""
-    # /tmp rather than the checkout: as root the cluster belongs to `postgres`, which must be
-    # able to reach its folder even when the checkout lives in a private home directory.
-    parent = Path(tempfile.mkdtemp(prefix="digit-predictor-pg-"))
-    parent.chmod(0o755)
-    data_dir = parent / "cluster"
-    out = subprocess.run(
-        [str(PG_CLUSTER), "start", str(data_dir), str(port or free_port())],
-        capture_output=True,
-        text=True,
-    )
-    if out.returncode != 0:
-        shutil.rmtree(parent, ignore_errors=True)
-        raise ClusterFailed(f"could not start a throwaway PostgreSQL: {out.stderr}")
-    url = out.stdout.strip().splitlines()[-1]
-    return PostgresServer(admin_url=with_database(url, "postgres"), data_dir=data_dir)
+__all__ = [
+    "PG_CLUSTER",
+    "ClusterFailed",
+    "PostgresServer",
+    "free_port",
+    "start_cluster",
+    "with_database",
+]

@@ -1,259 +1,32 @@
-"""Run the api as a real uvicorn subprocess on a free loopback port, for tests and benchmarks.
+"""The api as a real uvicorn subprocess, for tests: see digit_predictor.testing.api_server.
 
-    with api_server(api_env(database_url, model_path)) as api:
-        with api.client() as client:
-            client.post("/v1/predictions", files={"image": ("d.png", png, "image/png")})
-
-The process starts in an empty working directory (so no developer `.env` leaks in) with only the
-settings given in `env` on top of the parent's environment minus every app setting. Its stdout and
-stderr (JSON log lines) go to a file: `api.logs()` / `api.log_records()` read them, and a failed
-start raises with the log's tail. `stop()` sends SIGTERM (graceful: the lifespan flushes the write
-queue) and `kill()` SIGKILL, for crash tests.
+The harness lives in the package so that scripts (benchmarks) import it without a sys.path
+edit; tests keep importing it from here.
 """
 
-from __future__ import annotations
-
-import contextlib
-import hashlib
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-import httpx
-
-# Settings the app reads (digit_predictor.config.Settings); never inherited from the caller.
-APP_SETTINGS = (
-    "DATABASE_URL",
-    "DB_HOST",
-    "DB_PORT",
-    "DB_NAME",
-    "DB_USER",
-    "DB_PASSWORD",
-    "DB_POOL_MIN",
-    "DB_POOL_MAX",
-    "DB_STATEMENT_TIMEOUT_MS",
-    "DB_CONNECT_TIMEOUT_S",
-    "API_URL",
-    "API_KEY",
-    "MODEL_PATH",
-    "MAX_UPLOAD_BYTES",
-    "MAX_IMAGE_SIDE",
-    "REQUEST_TIMEOUT_S",
-    "WRITE_QUEUE_SIZE",
-    "HIGH_SCORE_TZ",
-    "DEBUG",
+from digit_predictor.testing.api_server import (
+    APP_SETTINGS,
+    CLEAN_EXIT,
+    ApiServer,
+    api_env,
+    api_server,
+    app_free_environ,
+    make_test_model,
+    start_api,
 )
+from digit_predictor.testing.loopback import ServerFailed, free_port, wait_for, wait_ready
 
-
-def wait_for(
-    condition: Callable[[], bool], timeout_s: float = 30.0, interval_s: float = 0.2
-) -> None:
-    """Poll `condition` until it holds; a request that fails on the way counts as "not yet"."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s} s")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def api_env(
-    database_url: str, model_path: str | os.PathLike[str], **settings: Any
-) -> dict[str, str]:
-    """Environment for the api: `api_env(url, model, api_key="k", write_queue_size=3)`."""
-    env = {"DATABASE_URL": database_url, "MODEL_PATH": str(model_path)}
-    env.update({key.upper(): str(value) for key, value in settings.items()})
-    return env
-
-
-def make_test_model(directory: str | os.PathLike[str], *, version: str = "test-model-1") -> Path:
-    """Write untrained (seeded) weights and a model card; predictions are valid, not accurate."""
-    import torch
-
-    from digit_predictor.ml.models import DEFAULT_ARCHITECTURE, build_model
-
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    weights = folder / "model.pt"
-    torch.save(build_model(DEFAULT_ARCHITECTURE).state_dict(), weights)
-    card = {
-        "version": version,
-        "architecture": DEFAULT_ARCHITECTURE,
-        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-        "note": "untrained weights for tests",
-    }
-    (folder / "model_card.json").write_text(json.dumps(card), encoding="utf-8")
-    return weights
-
-
-# uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: -15 is a clean stop.
-CLEAN_EXIT = (0, -signal.SIGTERM)
-
-
-class ServerFailed(RuntimeError):
-    """The api process exited or never became ready; the message ends with its log."""
-
-
-@dataclass
-class ApiServer:
-    url: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    env: dict[str, str] = field(repr=False)
-    _workdir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        kwargs.setdefault("timeout", 30.0)
-        if "api_key" in kwargs:
-            kwargs.setdefault("headers", {})["X-API-Key"] = kwargs.pop("api_key")
-        return httpx.Client(base_url=self.url, **kwargs)
-
-    def logs(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def log_records(self) -> list[dict[str, Any]]:
-        """The JSON log lines (uvicorn's few plain start-up lines are skipped)."""
-        records = []
-        for line in self.logs().splitlines():
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    records.append(json.loads(line))
-        return records
-
-    def is_running(self) -> bool:
-        return self.process.poll() is None
-
-    def wait_ready(self, path: str = "/healthz", timeout_s: float = 60.0) -> None:
-        """Poll `path` until it answers 200; raise ServerFailed if the process dies first."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.is_running():
-                raise ServerFailed(f"api exited with {self.process.returncode}\n{self._tail()}")
-            try:
-                if httpx.get(self.url + path, timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise ServerFailed(
-            f"api not ready at {self.url}{path} within {timeout_s} s\n{self._tail()}"
-        )
-
-    def stop(self, timeout_s: float = 20.0) -> int:
-        """Graceful stop (SIGTERM, as Docker sends); SIGKILL if it does not end in time.
-
-        Returns the exit status; one of CLEAN_EXIT after a graceful shutdown.
-        """
-        if self.is_running():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return int(self.process.returncode)
-
-    def kill(self) -> None:
-        if self.is_running():
-            self.process.kill()
-            self.process.wait()
-
-    def cleanup(self) -> None:
-        self.stop()
-        if self._workdir is not None:
-            self._workdir.cleanup()
-            self._workdir = None
-
-    def _tail(self, lines: int = 40) -> str:
-        return "\n".join(self.logs().splitlines()[-lines:])
-
-
-def start_api(
-    env: Mapping[str, str] | None = None,
-    *,
-    ready_path: str = "/healthz",
-    timeout_s: float = 60.0,
-    uvicorn_args: Sequence[str] = (),
-    log_dir: str | os.PathLike[str] | None = None,
-    port: int | None = None,
-) -> ApiServer:
-    """Start `uvicorn digit_predictor.api.main:app` on a loopback port and wait for it.
-
-    `port` pins the address (a restart "at the same place", as a container restart would);
-    by default a free port is picked. The caller owns the result: call `cleanup()` (or use
-    `api_server`).
-    """
-    base = {k: v for k, v in os.environ.items() if k not in APP_SETTINGS}
-    full_env = {**base, **(env or {})}
-    full_env.setdefault("PYTHONUNBUFFERED", "1")
-    last_error: ServerFailed | None = None
-    # A free port can be taken between probing and binding: then try another (unless pinned).
-    for _ in range(1 if port else 3):
-        workdir = tempfile.TemporaryDirectory(prefix="digit-api-")
-        log_path = Path(log_dir or workdir.name) / f"api-{time.time_ns()}.log"
-        bind_port = port or free_port()
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "digit_predictor.api.main:app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(bind_port),
-                    *uvicorn_args,
-                ],
-                cwd=workdir.name,
-                env=full_env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        server = ApiServer(
-            url=f"http://127.0.0.1:{bind_port}",
-            port=bind_port,
-            process=process,
-            log_path=log_path,
-            env=full_env,
-            _workdir=workdir,
-        )
-        try:
-            server.wait_ready(ready_path, timeout_s)
-            return server
-        except ServerFailed as exc:
-            server.cleanup()
-            if "address already in use" not in str(exc).lower():
-                raise
-            last_error = exc
-    assert last_error is not None
-    raise last_error
-
-
-@contextlib.contextmanager
-def api_server(env: Mapping[str, str] | None = None, **kwargs: Any) -> Iterator[ApiServer]:
-    server = start_api(env, **kwargs)
-    try:
-        yield server
-    finally:
-        server.cleanup()
+__all__ = [
+    "APP_SETTINGS",
+    "CLEAN_EXIT",
+    "ApiServer",
+    "ServerFailed",
+    "api_env",
+    "api_server",
+    "app_free_environ",
+    "free_port",
+    "make_test_model",
+    "start_api",
+    "wait_for",
+    "wait_ready",
+]

@@ -1,10 +1,12 @@
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
 from digit_predictor.config import Settings
 
 
-def _settings(**env: str) -> Settings:
+def _settings(**env: Any) -> Settings:
     return Settings(_env_file=None, **env)  # type: ignore[call-arg]
 
 

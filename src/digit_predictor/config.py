@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_PATH = PROJECT_ROOT / "model" / "saved_model" / "model.pt"
+# Training data lives beside the checkout, never in it (datasets are not committed).
+DEFAULT_MNIST_DIR = PROJECT_ROOT.parent / "shared" / "data" / "mnist" / "MNIST" / "raw"
+DEFAULT_EXTRA_DIGITS_DIR = PROJECT_ROOT.parent / "shared" / "data" / "extra-digits"
 
 # Passwords that only ever appear in examples; a deployment that still uses one is a mistake.
 PLACEHOLDER_PASSWORDS = frozenset({"changeme", "change-me", "password", "postgres", "secret"})
@@ -41,12 +44,17 @@ class Settings(BaseSettings):
     api_url: str = "http://127.0.0.1:8000"
     api_key: str | None = None
     model_path: Path = DEFAULT_MODEL_PATH
+    # How often the api checks the model registry for a new champion when no NOTIFY arrives.
+    model_check_interval_s: float = Field(default=5.0, gt=0, le=60)
 
     # Limits on what a client may send.
     max_upload_bytes: int = Field(default=1024 * 1024, ge=1)
     max_image_side: int = Field(default=2048, ge=28)
     request_timeout_s: float = Field(default=10.0, gt=0)
     write_queue_size: int = Field(default=10_000, ge=1)
+    # On SIGTERM the api first fails /readyz for this long, still serving, so that a load
+    # balancer polling /readyz stops sending before the listener closes (0: stop at once).
+    shutdown_drain_s: float = Field(default=0.0, ge=0, le=60)
 
     high_score_tz: str = "America/New_York"
     debug: bool = False
@@ -95,3 +103,15 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+class DataSettings(BaseSettings):
+    """Where training and evaluation read their data; the api and the web app never do, so
+    these are not in `Settings` (and the containers never get them)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
+
+    # The four official gzipped MNIST IDX files (ml/data.py checks their md5).
+    mnist_dir: Path = DEFAULT_MNIST_DIR
+    # USPS and optdigits, for the extra training digits (ml/extra_digits.py checks sha256).
+    extra_digits_dir: Path = DEFAULT_EXTRA_DIGITS_DIR

@@ -152,18 +152,20 @@ def test_store_writes_directly_when_the_database_answers(db: Database) -> None:
     assert queries.count_predictions(db) == 1
 
 
-def test_store_queues_when_the_database_is_unreachable_and_stops_trying_directly() -> None:
+def test_store_queues_when_the_database_is_unreachable_and_stops_trying_directly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     dead = Database("postgresql://nobody@127.0.0.1:1/none", connect_timeout_s=1)
     metrics = Metrics()
     store = PredictionStore(dead, queue_size=10, metrics=metrics, connect_timeout_s=1)
-    calls = []
+    calls: list[NewPrediction] = []
     original = store.insert
 
     def counting_insert(new: NewPrediction) -> queries.Prediction:
         calls.append(new)
         return original(new)
 
-    store.insert = counting_insert  # type: ignore[method-assign]
+    monkeypatch.setattr(store, "insert", counting_insert)
     assert store.save(row(1)) is None
     assert store.save(row(2)) is None  # backlogged: straight to the queue, no second attempt
     assert len(calls) == 1

@@ -42,7 +42,7 @@ def test_a_valid_row_is_accepted(db: Database) -> None:
     ],
     ids=lambda o: ",".join(f"{k}={str(v)[:12]}" for k, v in o.items()),
 )
-def test_constraints_reject_out_of_range_values(db: Database, overrides: dict) -> None:
+def test_constraints_reject_out_of_range_values(db: Database, overrides: dict[str, object]) -> None:
     with pytest.raises(psycopg2.IntegrityError):
         insert_prediction(db, _new(**overrides))
     with db.connection() as conn, conn.cursor() as cur:

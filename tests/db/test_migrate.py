@@ -55,10 +55,14 @@ def test_two_concurrent_migrations_both_succeed(make_database: Callable[[], str]
     outputs = [proc.communicate(timeout=60) for proc in procs]
 
     assert [proc.returncode for proc in procs] == [0, 0], outputs
-    messages = sorted(out.decode().strip() for out, _ in outputs)
+    messages = sorted(out.decode().strip().splitlines()[0] for out, _ in outputs)
     assert messages[0].startswith("migrations applied: 0001")
     assert messages[1] == "schema is up to date"
     assert _applied(url) == [m.version for m in available_migrations()]
+    # Both registered the shipped model; it is the one champion.
+    shipped = [out.decode().strip().splitlines()[-1] for out, _ in outputs]
+    assert all(line.startswith("shipped model ") for line in shipped), shipped
+    assert all(line.endswith(": champion") for line in shipped), shipped
 
 
 def test_migrate_reports_unreachable_database() -> None:

@@ -44,8 +44,8 @@ def _add(db: Database, digit: int = 7, confidence: float = 0.9, at: datetime | N
     return row.id
 
 
-def _ny(*args: int) -> datetime:
-    return datetime(*args, tzinfo=NY)
+def _ny(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=NY)
 
 
 def test_insert_returns_the_stored_row(db: Database) -> None:

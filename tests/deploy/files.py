@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from digit_predictor.config import Settings
+from digit_predictor.config import DataSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -22,6 +22,8 @@ HOSTNET = ROOT / "docker-compose.hostnet.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 
 SETTINGS_VARS = frozenset(name.upper() for name in Settings.model_fields)
+# Read by training and evaluation only: documented in .env.example, never given to a container.
+DATA_VARS = frozenset(name.upper() for name in DataSettings.model_fields)
 
 # Variables read by compose (or the proxy) and never by the app. Anything else compose or
 # .env.example names must be a settings field.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from digit_predictor.config import DEFAULT_MODEL_PATH, Settings
+from digit_predictor.config import DEFAULT_MODEL_PATH, DataSettings, Settings
 
 from .files import (
     COMPOSE,
     COMPOSE_ONLY_VARS,
+    DATA_VARS,
     ENV_EXAMPLE,
     ROOT,
     SETTINGS_VARS,
@@ -29,7 +30,7 @@ REAL_SECRETS = {"DB_PASSWORD": "x9Lq2v7unguessable", "API_KEY": "k3y-Zt8wQ-ungue
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """No setting leaks in from the environment the tests run in."""
-    for name in SETTINGS_VARS:
+    for name in SETTINGS_VARS | DATA_VARS:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -71,8 +72,30 @@ def test_env_example_documents_every_setting_and_nothing_else() -> None:
     active, commented = read_env_file()
     named = set(active) | set(commented)
     assert SETTINGS_VARS - named == set(), "settings missing from .env.example"
-    assert named - SETTINGS_VARS - COMPOSE_ONLY_VARS == set(), ".env.example names unknown vars"
+    assert DATA_VARS - named == set(), "training data settings missing from .env.example"
+    unknown = named - SETTINGS_VARS - DATA_VARS - COMPOSE_ONLY_VARS
+    assert unknown == set(), f".env.example names unknown vars: {unknown}"
     assert named >= COMPOSE_ONLY_VARS, "compose-only variables missing from .env.example"
+
+
+def test_training_data_settings_stay_out_of_compose() -> None:
+    read = {ref.name for ref in references(COMPOSE.read_text())}
+    assert not DATA_VARS & read, "the containers never train: compose must not read these"
+    assert not DATA_VARS & SETTINGS_VARS
+
+
+def test_env_example_data_dirs_are_the_defaults(clean_env: pytest.MonkeyPatch) -> None:
+    _, commented = read_env_file()
+    clean_env.chdir(ROOT)  # relative paths in .env.example are from the checkout
+    for name in DATA_VARS:
+        clean_env.setenv(name, commented[name])
+    given = DataSettings(_env_file=None)  # type: ignore[call-arg]
+    for name in DATA_VARS:
+        clean_env.delenv(name)
+    default = DataSettings(_env_file=None)  # type: ignore[call-arg]
+    for name in DATA_VARS:
+        field = name.lower()
+        assert getattr(given, field).resolve() == getattr(default, field).resolve(), name
 
 
 def test_compose_only_variables_are_really_used() -> None:

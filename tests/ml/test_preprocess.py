@@ -19,6 +19,7 @@ from digit_predictor.ml.preprocess import (
 from .conftest import (
     SEVEN,
     TWO,
+    Point,
     centre_of_mass,
     draw_strokes,
     grey_png,
@@ -33,7 +34,7 @@ def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("strokes", [SEVEN, TWO])
-def test_output_is_mnist_shaped_centred_and_fits_20x20(strokes: list) -> None:
+def test_output_is_mnist_shaped_centred_and_fits_20x20(strokes: list[list[Point]]) -> None:
     result = preprocess_bytes(rgba_png(draw_strokes(strokes)))
     assert result.image.shape == (28, 28) and result.image.dtype == np.uint8
     assert result.tensor.shape == (1, 28, 28) and result.tensor.dtype == torch.float32

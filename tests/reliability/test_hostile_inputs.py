@@ -15,7 +15,7 @@ import psycopg2
 import pytest
 
 from tests.api import drawings
-from tests.api.test_bad_inputs import FEEDBACK_BODIES, UPLOAD_CASES
+from tests.api.test_bad_inputs import FEEDBACK_BODIES, UPLOAD_CASES, Case
 from tests.servers import ApiServer
 
 pytestmark = pytest.mark.reliability
@@ -55,10 +55,14 @@ def get(path: str, method: str = "GET") -> Send:
     return lambda c, _id: c.request(method, path)
 
 
+def bad_upload(case: Case) -> Send:
+    return lambda c, _id: case.send(c)
+
+
 def hostile_corpus() -> dict[str, Send]:
     corpus: dict[str, Send] = {}
     for name, case in UPLOAD_CASES.items():
-        corpus[f"upload: {name}"] = lambda c, _id, case=case: case.send(c)
+        corpus[f"upload: {name}"] = bad_upload(case)
     for name, payload in FEEDBACK_BODIES.items():
         corpus[f"label: {name}"] = feedback(payload)
     garbage = os.urandom(4096)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,10 +27,10 @@ HEAD = (
 
 
 @pytest.fixture
-def deadline_api(migrated_database_url: str, reliability_model: Path) -> ApiServer:
+def deadline_api(migrated_database_url: str, reliability_model: Path) -> Iterator[ApiServer]:
     env = api_env(migrated_database_url, reliability_model, request_timeout_s=READ_DEADLINE_S)
     server = start_api(env)
-    yield server  # type: ignore[misc]
+    yield server
     server.cleanup()
 
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 
@@ -16,6 +15,7 @@ from digit_predictor.web.api_client import (
     parse_prediction,
 )
 from digit_predictor.web.images import to_png
+from tests.servers import free_port
 from tests.web.stub_api import Reply, StubApi, prediction_body, running_stub
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"fake-but-opaque-to-the-client"
@@ -30,12 +30,6 @@ def stub() -> Iterator[StubApi]:
 def _client(url: str, **kwargs: object) -> ApiClient:
     kwargs.setdefault("backoff_s", 0.01)
     return ApiClient(url, **kwargs)  # type: ignore[arg-type]
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_sends_the_drawing_as_multipart_and_parses_the_prediction(stub: StubApi) -> None:
@@ -126,7 +120,7 @@ def test_a_slow_api_times_out_without_a_retry(stub: StubApi) -> None:
 
 
 def test_nothing_listening_is_unavailable_quickly() -> None:
-    client = _client(f"http://127.0.0.1:{_closed_port()}")
+    client = _client(f"http://127.0.0.1:{free_port()}")
     started = time.monotonic()
     with pytest.raises(ApiUnavailable, match="not reachable"):
         client.predict(PNG)
@@ -201,7 +195,7 @@ def test_preview_refusal_and_outage_are_the_same_messages_as_predict(stub: StubA
         _client(stub.url).preview(PNG)
     assert refused.value.status == 422
     with pytest.raises(ApiUnavailable):
-        _client(f"http://127.0.0.1:{_closed_port()}", retries=0).preview(PNG)
+        _client(f"http://127.0.0.1:{free_port()}", retries=0).preview(PNG)
 
 
 def test_explanation_overlay_asks_for_the_digit_and_returns_the_png(stub: StubApi) -> None:

@@ -19,7 +19,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from digit_predictor.config import get_settings
-from digit_predictor.db import Database
+from digit_predictor.db import Database, registry
 from digit_predictor.db.queries import NewPrediction, get_prediction, insert_prediction
 from digit_predictor.web import actions, canvas, data, ui
 from digit_predictor.web.canvas import Drawing
@@ -270,7 +270,7 @@ def test_history_lists_predictions_newest_first_and_pages(stub: StubApi, db: Dat
     assert frame.loc[0, "Result"] == "✓ right"
     assert "23 predictions, newest first · showing 1–20" in _texts(at)
 
-    at.get("pagination")[0].set_value(2).run()
+    at.pagination[0].set_value(2).run()
     assert at.dataframe[0].value["ID"].tolist() == list(reversed(ids))[20:]
     assert "showing 21–23" in _texts(at)
 
@@ -279,7 +279,7 @@ def test_history_lists_predictions_newest_first_and_pages(stub: StubApi, db: Dat
     _no_failure(at)
     assert len(at.dataframe[0].value) == 23
     assert "showing 1–23" in _texts(at)
-    assert at.get("pagination")[0].value == 1
+    assert at.pagination[0].value == 1
 
 
 def test_history_and_statistics_of_an_empty_database(stub: StubApi, db: Database) -> None:
@@ -306,6 +306,30 @@ def test_statistics_show_totals_and_accuracy(stub: StubApi, db: Database) -> Non
         "Mean confidence": "70.0%",
     }
     assert len(at.get("vega_lite_chart")) == 3  # per digit, per day, confusion
+
+
+def test_statistics_show_the_live_model_and_its_gate(stub: StubApi, db: Database) -> None:
+    at = _app().run()
+    at.switch_page("views/statistics.py").run()
+    assert "No model is registered yet" in _texts(at)
+
+    gate = {"passed": True, "rows": [{"benchmark": "MNIST test", "champion": 0.9959}]}
+    for version, card in (("shipped-1", {}), ("retrained-2", {"gate": gate})):
+        registry.register(
+            db, version=version, parent_version=None, arch="a", weights=version.encode(), card=card
+        )
+    registry.promote(db, "shipped-1", reason="shipped")
+    registry.promote(db, "retrained-2", reason="the gate passed")
+    at.switch_page("views/statistics.py").run()
+    _no_failure(at)
+    assert "Live: **`retrained-2`**" in _texts(at)
+    assert "the gate passed" in _texts(at)
+    frames = [d.value for d in at.dataframe]
+    assert frames[0]["benchmark"].tolist() == ["MNIST test"]
+    assert frames[1].set_index("Version")["Status"].to_dict() == {
+        "retrained-2": "champion",
+        "shipped-1": "retired",
+    }
 
 
 def test_an_unexpected_error_is_a_message_not_a_traceback(

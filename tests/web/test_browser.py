@@ -101,7 +101,10 @@ def _restart_on_same_port(api: ApiServer) -> ApiServer:
 
 
 @pytest.fixture
-def stack(database_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+def stack(own_database_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    # Its own database: this api registers and serves the trained model, which must not become
+    # the champion of the session's shared database (its apis serve the untrained test model).
+    database_url = own_database_url
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     model, trained = _model_path(tmp_path)
@@ -324,9 +327,9 @@ def _scenario(stack: dict[str, Any], page: Any) -> None:
     rows = _history_rows(page)
     assert len(rows) == 3
     for row, true_digit in zip(rows, [0, 7, 1], strict=True):
-        drawing, _time, predicted, _confidence, truth, result, _id = row
-        assert drawing.startswith("data:image/png;base64,")
-        assert predicted == str(shown_digits[true_digit]) and truth == str(true_digit)
+        thumbnail, _when, said_digit, _conf, told_digit, result, _row_id = row
+        assert thumbnail.startswith("data:image/png;base64,")
+        assert said_digit == str(shown_digits[true_digit]) and told_digit == str(true_digit)
         assert result == ("✓ right" if shown_digits[true_digit] == true_digit else "✗ wrong")
     page.wait_for_timeout(300)  # let the thumbnails paint
     page.screenshot(path=str(SCREENSHOTS / "history.png"))

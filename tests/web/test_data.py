@@ -11,7 +11,7 @@ import pytest
 from digit_predictor.db import Database
 from digit_predictor.db.queries import NewPrediction, get_prediction, insert_prediction
 from digit_predictor.web import data
-from tests.conftest import PostgresServer
+from tests.pg import PostgresServer
 from tests.web.drawings import ONE, SEVEN, canvas_png
 
 TZ = ZoneInfo("America/New_York")

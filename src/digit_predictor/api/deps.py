@@ -7,8 +7,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from digit_predictor.api.champion import ChampionWatcher
 from digit_predictor.api.metrics import Metrics
 from digit_predictor.api.predictor import Predictor
+from digit_predictor.api.shutdown import Drain
 from digit_predictor.api.write_queue import PredictionStore
 from digit_predictor.config import Settings
 from digit_predictor.db import Database
@@ -19,8 +21,8 @@ from digit_predictor.ml.inference import Classifier
 class Services:
     settings: Settings
     metrics: Metrics
-    classifier: Classifier
-    predictor: Predictor
+    predictor: Predictor  # the model serving now (swapped on promotion)
+    champion: ChampionWatcher
     db: Database
     store: PredictionStore
 
@@ -47,9 +49,15 @@ async def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+async def get_drain(request: Request) -> Drain:
+    drain: Drain = request.app.state.drain
+    return drain
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+DrainDep = Annotated[Drain, Depends(get_drain)]
 
 
 async def get_predictor(services: ServicesDep) -> Predictor:

@@ -16,13 +16,15 @@ import torch
 from fastapi import FastAPI, Security
 
 from digit_predictor.api import errors
+from digit_predictor.api.champion import ChampionWatcher
 from digit_predictor.api.deps import Services
 from digit_predictor.api.limits import MULTIPART_OVERHEAD_BYTES, UploadLimitMiddleware
 from digit_predictor.api.logs import RequestLogMiddleware, configure_logging
 from digit_predictor.api.metrics import Metrics
 from digit_predictor.api.predictor import Predictor
-from digit_predictor.api.routes import explanations, health, predictions, previews, stats
+from digit_predictor.api.routes import explanations, health, models, predictions, previews, stats
 from digit_predictor.api.security import require_api_key
+from digit_predictor.api.shutdown import Drain, delay_sigterm
 from digit_predictor.api.write_queue import PredictionStore
 from digit_predictor.config import Settings, get_settings
 from digit_predictor.db import Database
@@ -74,11 +76,22 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         connect_timeout_s=settings.db_connect_timeout_s,
     )
     store.start()
+    predictor = Predictor(classifier, max_side=settings.max_image_side)
+    # Serves the shipped file until the registry answers, then the registry's champion.
+    champion = ChampionWatcher(
+        predictor,
+        db,
+        metrics=metrics,
+        shipped_weights=settings.model_path,
+        check_interval_s=settings.model_check_interval_s,
+        connect_timeout_s=settings.db_connect_timeout_s,
+    )
+    champion.start()
     return Services(
         settings=settings,
         metrics=metrics,
-        classifier=classifier,
-        predictor=Predictor(classifier, max_side=settings.max_image_side),
+        predictor=predictor,
+        champion=champion,
         db=db,
         store=store,
     )
@@ -91,9 +104,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     services = await anyio.to_thread.run_sync(build_services, settings, app.state.metrics)
     app.state.services = services
     log.info("api ready to serve", extra={"api_key_required": bool(settings.api_key)})
+    undo_drain = delay_sigterm(app.state.drain, settings.shutdown_drain_s)
     try:
         yield
     finally:
+        undo_drain()
+        services.champion.stop()
         await anyio.to_thread.run_sync(services.store.close, FLUSH_TIMEOUT_S)
         log.info("api stopped")
 
@@ -111,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics = Metrics()
+    app.state.drain = Drain()
 
     # The key, when set, guards every /v1 route; the schema declares it only then.
     key = settings.api_key
@@ -122,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stats.router,
         explanations.router,
         previews.router,
+        models.router,
     ):
         app.include_router(router, dependencies=guard, responses=unauthorised)
     app.include_router(health.router)

@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from digit_predictor.db.queries import Prediction, Statistics
+from digit_predictor.db.registry import ModelRecord
 
 Digit = Annotated[int, Field(ge=0, le=9)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -150,6 +151,42 @@ class ModelCard(BaseModel):
 
     version: str
     architecture: str
+
+
+class ModelVersion(BaseModel):
+    """One version in the model registry."""
+
+    version: str
+    created_at: datetime
+    parent_version: str | None
+    arch: str
+    sha256: str
+    status: Literal["candidate", "champion", "retired", "rejected"]
+    promoted_at: datetime | None = Field(description="when it last became the champion")
+    reason: str | None = Field(description="why it was promoted, rejected or retired")
+    gate: dict[str, Any] | None = Field(
+        description="the gate table (champion vs this challenger, same data, same run), "
+        "for versions made by retraining"
+    )
+
+    @classmethod
+    def from_record(cls, record: ModelRecord) -> ModelVersion:
+        gate = record.card.get("gate")
+        return cls(
+            version=record.version,
+            created_at=record.created_at,
+            parent_version=record.parent_version,
+            arch=record.arch,
+            sha256=record.sha256,
+            status=record.status,  # type: ignore[arg-type]  # the table's CHECK guarantees it
+            promoted_at=record.promoted_at,
+            reason=record.reason,
+            gate=gate if isinstance(gate, dict) else None,
+        )
+
+
+class ChampionModel(ModelVersion):
+    card: dict[str, Any] = Field(description="the champion's model card")
 
 
 class Health(BaseModel):

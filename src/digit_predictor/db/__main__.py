@@ -10,7 +10,9 @@ import time
 import psycopg2
 
 from digit_predictor.config import get_settings
+from digit_predictor.db import registry
 from digit_predictor.db.migrate import migrate
+from digit_predictor.db.pool import Database
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    dsn = get_settings().dsn
+    settings = get_settings()
+    dsn = settings.dsn
     deadline = time.monotonic() + args.wait
     while True:
         try:
@@ -39,6 +42,15 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             time.sleep(1)
     print(f"migrations applied: {', '.join(applied)}" if applied else "schema is up to date")
+    if settings.model_path.is_file():
+        # The shipped weights become the first champion (idempotent), so every api process
+        # serves the registry's champion from its first request.
+        db = Database(dsn, max_size=1)
+        try:
+            shipped = registry.register_shipped(db, settings.model_path)
+        finally:
+            db.close()
+        print(f"shipped model {shipped.version}: {shipped.status}")
     return 0
 
 

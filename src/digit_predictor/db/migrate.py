@@ -1,7 +1,10 @@
 """Versioned SQL migrations: `NNNN_name.sql` files applied in order, each once.
 
 An advisory lock serialises concurrent runners (the api and a one-shot job starting together):
-the second waits, then finds nothing left to do.
+the second waits, then finds nothing left to do. The lock is transaction-scoped, taken again by
+each step, so it never outlives its transaction: behind a pooler in transaction mode (PgBouncer,
+deploy/k8s) each transaction may run on another server session, and a session lock taken in one
+could not be released from the next.
 """
 
 from __future__ import annotations
@@ -43,36 +46,31 @@ def migrate(
     applied_now: list[str] = []
     conn = psycopg2.connect(dsn, connect_timeout=connect_timeout_s)
     try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
-        try:
-            conn.autocommit = False
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+            cur.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version    text PRIMARY KEY,
+                       name       text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+        for migration in available_migrations(directory):
+            # One transaction per migration: a failing one leaves no half-applied schema.
+            # Checked under the lock: another runner may have applied it meanwhile.
             with conn, conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
                 cur.execute(
-                    """CREATE TABLE IF NOT EXISTS schema_migrations (
-                           version    text PRIMARY KEY,
-                           name       text NOT NULL,
-                           applied_at timestamptz NOT NULL DEFAULT now())"""
+                    "SELECT 1 FROM schema_migrations WHERE version = %s", (migration.version,)
                 )
-                cur.execute("SELECT version FROM schema_migrations")
-                done = {row[0] for row in cur.fetchall()}
-            for migration in available_migrations(directory):
-                if migration.version in done:
+                if cur.fetchone() is not None:
                     continue
-                # One transaction per migration: a failing one leaves no half-applied schema.
-                with conn, conn.cursor() as cur:
-                    cur.execute(migration.sql)
-                    cur.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                        (migration.version, migration.name),
-                    )
-                log.info("applied migration %s_%s", migration.version, migration.name)
-                applied_now.append(migration.version)
-        finally:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+                cur.execute(migration.sql)
+                cur.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    (migration.version, migration.name),
+                )
+            log.info("applied migration %s_%s", migration.version, migration.name)
+            applied_now.append(migration.version)
     finally:
         conn.close()
     return applied_now

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from digit_predictor.config import PROJECT_ROOT
+from digit_predictor.config import DataSettings
 
 # md5 of the official gzipped files (the same as torchvision's MNIST.resources).
 MNIST_FILES: dict[str, str] = {
@@ -42,10 +41,8 @@ class MnistSplit:
 
 
 def default_data_dir() -> Path:
-    env = os.environ.get("MNIST_DIR")
-    if env:
-        return Path(env)
-    return PROJECT_ROOT.parent / "shared" / "data" / "mnist" / "MNIST" / "raw"
+    """$MNIST_DIR (environment or .env), else ../shared/data/mnist/MNIST/raw."""
+    return DataSettings().mnist_dir
 
 
 def md5_of(path: Path) -> str:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from digit_predictor.config import PROJECT_ROOT
+from digit_predictor.config import DataSettings
 from digit_predictor.ml.canvas import CANVAS, to_png
 from digit_predictor.ml.preprocess import EmptyDrawingError, preprocess_bytes, preprocess_ink
 
@@ -44,10 +43,8 @@ class ExtraDigitsError(RuntimeError):
 
 
 def default_extra_dir() -> Path:
-    env = os.environ.get("EXTRA_DIGITS_DIR")
-    if env:
-        return Path(env)
-    return PROJECT_ROOT.parent / "shared" / "data" / "extra-digits"
+    """$EXTRA_DIGITS_DIR (environment or .env), else ../shared/data/extra-digits."""
+    return DataSettings().extra_digits_dir
 
 
 def _checked(root: Path, rel: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import threading
@@ -62,13 +63,20 @@ class Classifier:
                 f"{weights} does not match its model card (sha256 differs); "
                 "ship the weights and the card from the same training run"
             )
-        model = build_model(architecture)
+        return cls.from_weights(architecture, weights.read_bytes(), card, origin=str(weights))
+
+    @classmethod
+    def from_weights(
+        cls, arch: str, weights: bytes, card: dict[str, Any], *, origin: str = "weights"
+    ) -> Classifier:
+        """A classifier from state-dict bytes (a file's, or the model registry's)."""
+        model = build_model(arch)
         try:
             # weights_only: a weights file must never be able to run code when loaded.
-            state = torch.load(weights, map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except Exception as exc:
-            raise ModelLoadError(f"cannot load {weights} as {architecture!r}: {exc}") from exc
+            raise ModelLoadError(f"cannot load {origin} as {arch!r}: {exc}") from exc
         return cls(model, card)
 
     def predict_proba(self, batch: torch.Tensor) -> np.ndarray:

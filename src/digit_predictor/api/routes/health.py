@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from digit_predictor.api.deps import MetricsDep, ServicesDep
+from digit_predictor.api.deps import DrainDep, MetricsDep, ServicesDep
 from digit_predictor.api.schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"])
@@ -21,9 +21,11 @@ async def healthz() -> Health:
     summary="Ready: the model is loaded and the database answers",
     responses={503: {"model": Readiness, "description": "Not ready; `reasons` says why"}},
 )
-def readyz(services: ServicesDep, response: Response) -> Readiness:
+def readyz(services: ServicesDep, drain: DrainDep, response: Response) -> Readiness:
     reasons: list[str] = []
-    model_loaded = services.classifier.is_warm
+    if drain.draining:  # SIGTERM arrived: let the load balancer take this replica out first
+        reasons.append("shutting down")
+    model_loaded = services.predictor.classifier.is_warm
     if not model_loaded:
         reasons.append("model not loaded")
     try:
@@ -35,13 +37,13 @@ def readyz(services: ServicesDep, response: Response) -> Readiness:
         services.metrics.db_up.set(0)
         reasons.append(f"database unavailable: {exc}")
     queued = len(services.store.queue)
-    ready = model_loaded and database_up
+    ready = model_loaded and database_up and not drain.draining
     if not ready:
         response.status_code = 503
     return Readiness(
         status="ready" if ready else "unavailable",
         model_loaded=model_loaded,
-        model_version=services.classifier.version,
+        model_version=services.predictor.classifier.version,
         database="up" if database_up else "down",
         queued_writes=queued,
         reasons=reasons,

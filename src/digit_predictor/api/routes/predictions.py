@@ -118,7 +118,7 @@ def create_prediction(
         confidence=outcome.confidence,
         probabilities=outcome.probabilities,
         image_data=data,
-        model_version=services.predictor.version,
+        model_version=outcome.model_version,
         latency_ms=outcome.latency_ms,
         source=source or None,
         created_at=datetime.now(UTC),

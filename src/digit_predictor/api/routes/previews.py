@@ -41,7 +41,7 @@ def create_preview(
         digit=outcome.digit,
         confidence=outcome.confidence,
         probabilities=outcome.probabilities,
-        model_version=predictor.version,
+        model_version=outcome.model_version,  # the model that answered (it can swap)
         latency_ms=outcome.latency_ms,
         model_input_png=base64.b64encode(outcome.model_input_png()).decode("ascii"),
     )

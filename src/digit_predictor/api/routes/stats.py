@@ -26,4 +26,4 @@ def get_stats(db: DatabaseDep, settings: SettingsDep) -> Stats:
 
 @router.get("/model", summary="The model card of the loaded model", tags=["model"])
 async def get_model(services: ServicesDep) -> ModelCard:
-    return ModelCard.model_validate(services.classifier.card)
+    return ModelCard.model_validate(services.predictor.classifier.card)

@@ -8,6 +8,7 @@ import streamlit as st
 
 from digit_predictor.web import charts, data, resources
 from digit_predictor.web.ui import db_unavailable_message, guarded
+from digit_predictor.web.views.models import render_models_section
 
 DAYS = 30
 
@@ -38,6 +39,7 @@ def render() -> None:
 
     if stats.total_predictions == 0:
         st.info("No predictions yet: draw a digit on the Draw page.", icon=":material/draw:")
+        render_models_section()
         return
 
     left, right = st.columns(2, gap="large")
@@ -60,6 +62,7 @@ def render() -> None:
             st.altair_chart(charts.confusion_heatmap(stats.confusion), width="stretch")
         else:
             st.caption("Appears once people correct predictions.")
+    render_models_section()
 
 
 guarded(render)
