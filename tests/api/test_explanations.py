@@ -10,15 +10,20 @@ from __future__ import annotations
 import base64
 import io
 import math
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from digit_predictor.db import Database, queries
+from digit_predictor.db import Database, queries, registry
+from digit_predictor.ml.models import DEFAULT_ARCHITECTURE, build_model
 from tests.api import drawings
+from tests.servers import api_env, api_server, wait_for
 
 
 def predict(client: httpx.Client, digit: int = 7) -> dict[str, Any]:
@@ -210,3 +215,51 @@ def test_concurrent_explanations_and_predictions_agree_with_serial_ones(
     for attributions in maps:
         assert np.allclose(attributions, serial, atol=1e-9)
     assert all(math.isclose(c, served["confidence"], abs_tol=1e-9) for c in confidences)
+
+
+def _seeded_weights(seed: int) -> bytes:
+    torch.manual_seed(seed)
+    out = io.BytesIO()
+    torch.save(build_model(DEFAULT_ARCHITECTURE).state_dict(), out)
+    return out.getvalue()
+
+
+@pytest.mark.slow
+def test_previews_and_explanations_follow_a_promotion(
+    own_database_url: str, model_path: Path
+) -> None:
+    """After a live swap, previews report and explanations use the model that answers now."""
+    # Its own database: the promoted model must not become the champion other apis swap to.
+    env = api_env(own_database_url, model_path, model_check_interval_s=1)
+    with (
+        api_server(env, ready_path="/readyz") as api,
+        api.client() as client,
+        closing(Database(own_database_url, max_size=2)) as db,
+    ):
+        served = predict(client, 7)
+        url = f"/v1/predictions/{served['id']}/explanation"
+        before = client.get(url).json()
+        assert before["model_version"] == served["model_version"]
+        registry.register(
+            db,
+            version="promoted-1",
+            parent_version=served["model_version"],
+            arch=DEFAULT_ARCHITECTURE,
+            weights=_seeded_weights(11),
+            card={"version": "promoted-1", "gate": {"passed": True, "rows": []}},
+        )
+        registry.promote(db, "promoted-1", reason="test")
+
+        def preview_version() -> str:
+            response = client.post(
+                "/v1/previews",
+                files={"image": ("d.png", drawings.drawing_png(7), "image/png")},
+            )
+            assert response.status_code == 200, response.text
+            return str(response.json()["model_version"])
+
+        wait_for(lambda: preview_version() == "promoted-1", timeout_s=10)
+        after = client.get(url).json()
+        assert after["model_version"] == "promoted-1"
+        # Other weights, so another map: the stored drawing was explained by the new model.
+        assert not np.allclose(after["attributions"], before["attributions"])
