@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint typecheck fast unit clean
+.PHONY: dev test lint typecheck fast unit retrain clean
 
 $(BIN)/python:
 	scripts/system_deps.sh dev
@@ -33,6 +33,11 @@ typecheck: $(VENV)/.installed-dev
 # real api processes included). `make test` runs them all, with the linters and mypy.
 fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m "not browser and not reliability and not slow"
+
+# Retrain the champion on people's corrections (DATABASE_URL); promotes only when the gate
+# passes, exits 3 when it refuses (docs/learning-loop.md).
+retrain: $(VENV)/.installed-train
+	$(BIN)/python -m digit_predictor.ml.retrain --promote
 
 unit: fast  # the old name
 

@@ -5,14 +5,15 @@
     python scripts/bench_api.py --url http://host:8000 [--api-key KEY]   # an api already running
 
 One run prints, for concurrency 1, 8 and 32: p50/p95/p99 latency and throughput of
-`POST /v1/predictions` (a real uvicorn process, request logging on, every row written to
-PostgreSQL, loopback), the api process's CPU time per request when it runs here, and the
-in-process decode+preprocess+model time for the same drawings as the floor.
+`POST /v1/predictions` (a real `python -m digit_predictor.api` with `--workers` processes,
+request logging on, every row written to PostgreSQL, loopback), the api process's CPU time
+per request when it runs here, and the in-process decode+preprocess+model time for the same
+drawings as the floor.
 
 The load generator is a minimal keep-alive HTTP/1.1 client on asyncio with the request bytes
 prepared up front, so that on a small machine the client takes as little CPU from the api as
-possible. Drawings are 64 synthetic canvas drawings (digit_predictor.ml.canvas), RGBA PNGs as
-the web app sends them.
+possible. Drawings are 64 synthetic canvas drawings (digit_predictor.ml.synthetic_digits), RGBA
+PNGs as the web app sends them.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ import numpy as np
 import torch
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
-from digit_predictor.ml.canvas import pen_digit, to_png
 from digit_predictor.ml.inference import Classifier
 from digit_predictor.ml.preprocess import preprocess_bytes
+from digit_predictor.ml.synthetic_digits import pen_digit, to_png
 from digit_predictor.testing.api_server import ApiServer, api_env, start_api
 from digit_predictor.testing.postgres import start_cluster, with_database
 
@@ -227,7 +228,7 @@ def local_api(args: argparse.Namespace) -> Iterator[ApiServer]:
         env = api_env(url, args.model_path)
         if args.api_key:
             env["API_KEY"] = args.api_key
-        server = start_api(env, ready_path="/readyz", log_dir=args.log_dir)
+        server = start_api(env, ready_path="/readyz", log_dir=args.log_dir, workers=args.workers)
         try:
             yield server
         finally:
@@ -294,6 +295,9 @@ def main() -> int:
         "same drawings, and print api / in-process ratios",
     )
     parser.add_argument("--log-dir", help="keep the started api's log here")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="api worker processes (the floor is one thread)"
+    )
     args = parser.parse_args()
 
     images = drawings(64)

@@ -35,9 +35,9 @@ from tqdm import tqdm
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
 from digit_predictor.ml import explain
-from digit_predictor.ml.canvas import pen_digit, to_png
 from digit_predictor.ml.inference import Classifier
 from digit_predictor.ml.preprocess import Preprocessed, preprocess_bytes
+from digit_predictor.ml.synthetic_digits import pen_digit, to_png
 from digit_predictor.testing.api_server import api_env, start_api
 from digit_predictor.testing.postgres import start_cluster, with_database
 

@@ -32,8 +32,8 @@ export API_URL=${API_URL:-http://127.0.0.1:$API_PORT}
 
 # The same entry commands the containers run (Dockerfile.api, Dockerfile.web, docker-compose.yml).
 "$BIN/python" -m digit_predictor.db migrate --wait 60
-"$BIN/uvicorn" digit_predictor.api.main:app --host 127.0.0.1 --port "$API_PORT" \
-    --timeout-keep-alive 5 &
+export API_HOST=127.0.0.1 API_PORT
+"$BIN/python" -m digit_predictor.api &
 pids+=($!)
 "$BIN/streamlit" run src/digit_predictor/web/app.py --server.port "$WEB_PORT" \
     --server.address 127.0.0.1 --server.headless true --browser.gatherUsageStats false &

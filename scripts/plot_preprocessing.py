@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
-from digit_predictor.ml.canvas import pen_digit, to_png
 from digit_predictor.ml.evaluate import plain_resize
 from digit_predictor.ml.inference import Classifier
 from digit_predictor.ml.preprocess import preprocess_bytes, to_model_tensor
+from digit_predictor.ml.synthetic_digits import pen_digit, to_png
 
 
 def main() -> None:

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
 
     # Services.
     api_url: str = "http://127.0.0.1:8000"
+    # Where `python -m digit_predictor.api` listens, and how many processes serve (None: the
+    # CPUs this process may use, see digit_predictor.api.__main__.usable_cpus).
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_workers: int | None = Field(default=None, ge=1, le=64)
     api_key: str | None = None
     model_path: Path = DEFAULT_MODEL_PATH
     # How often the api checks the model registry for a new champion when no NOTIFY arrives.
@@ -55,6 +60,12 @@ class Settings(BaseSettings):
     # On SIGTERM the api first fails /readyz for this long, still serving, so that a load
     # balancer polling /readyz stops sending before the listener closes (0: stop at once).
     shutdown_drain_s: float = Field(default=0.0, ge=0, le=60)
+    # How long a request waits for its row to be committed before answering 202 (queued).
+    # While PostgreSQL is known to be away nobody waits; this only bounds a slow commit.
+    write_wait_ms: int = Field(default=1000, ge=0, le=10_000)
+    # Where rows answered 202 are also kept on disk (SQLite), so that a worker killed during a
+    # database outage loses nothing; unset: memory only.
+    write_spool_dir: Path | None = None
 
     high_score_tz: str = "America/New_York"
     debug: bool = False

@@ -17,7 +17,7 @@ from PIL import Image
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
 from digit_predictor.db import Database, queries
-from digit_predictor.ml.canvas import pen_digit, to_png
+from digit_predictor.ml.synthetic_digits import pen_digit, to_png
 from tests.api import drawings
 from tests.servers import ApiServer, api_env, api_server
 
@@ -256,7 +256,8 @@ def test_metrics_count_requests_digits_and_the_model(client: httpx.Client) -> No
     assert sample(text, "digit_api_database_up") == 1
     assert 'digit_api_db_write_failures_total{reason="unavailable"}' in text
     assert "digit_api_db_write_queue_full_total" in text
-    assert sample(text, 'digit_api_db_writes_total{path="direct"}') >= 2
+    assert sample(text, 'digit_api_db_writes_total{path="batch"}') >= 2
+    assert "digit_api_db_write_batch_rows_bucket" in text
 
 
 def sample(text: str, name: str) -> float:

@@ -90,7 +90,8 @@ def test_outage_queues_predictions_and_writes_them_when_the_database_returns(
         assert queries.get_image(db, row.id) == png
     metrics = client.get("/metrics").text
     assert sample(metrics, "digit_api_db_write_queue_length") == 0
-    assert sample(metrics, 'digit_api_db_writes_total{path="queue"}') >= len(images)
+    assert sample(metrics, 'digit_api_db_writes_total{path="batch"}') >= len(images)
+    assert sample(metrics, "digit_api_db_writes_queued_total") == len(images)
     assert sample(metrics, "digit_api_database_up") == 1
     # After the outage, new predictions are stored directly again.
     assert post(client, drawings.drawing_png(7)).status_code == 201

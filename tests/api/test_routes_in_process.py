@@ -70,11 +70,11 @@ def test_with_the_database_down_reads_are_503_and_predictions_are_queued(
     assert listing.status_code == 503
     assert listing.json()["detail"]
 
-    queued_before = len(down_services.store.queue)
+    queued_before = down_services.store.queued
     answer = client.post("/v1/predictions", files={"image": ("d.png", drawing_png(1), "image/png")})
     assert answer.status_code == 202, answer.text
     assert answer.json()["id"] is None and answer.json()["stored"] is False
-    assert len(down_services.store.queue) == queued_before + 1
+    assert down_services.store.queued == queued_before + 1
 
 
 def test_the_api_key_guards_v1_but_not_health(

@@ -1,7 +1,6 @@
-import psycopg2
 import pytest
 
-from digit_predictor.db import Database
+from digit_predictor.db import Database, RowRejected
 from digit_predictor.db.queries import NewPrediction, insert_prediction
 
 PROBS = [0.1] * 10
@@ -43,7 +42,7 @@ def test_a_valid_row_is_accepted(db: Database) -> None:
     ids=lambda o: ",".join(f"{k}={str(v)[:12]}" for k, v in o.items()),
 )
 def test_constraints_reject_out_of_range_values(db: Database, overrides: dict[str, object]) -> None:
-    with pytest.raises(psycopg2.IntegrityError):
+    with pytest.raises(RowRejected):
         insert_prediction(db, _new(**overrides))
     with db.connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM predictions")
@@ -52,7 +51,7 @@ def test_constraints_reject_out_of_range_values(db: Database, overrides: dict[st
 
 def test_true_digit_out_of_range_is_rejected(db: Database) -> None:
     row = insert_prediction(db, _new())
-    with pytest.raises(psycopg2.IntegrityError), db.connection() as conn, conn.cursor() as cur:
+    with pytest.raises(RowRejected), db.connection() as conn, conn.cursor() as cur:
         cur.execute(
             "UPDATE predictions SET true_digit = 10, feedback_at = now() WHERE id = %s",
             (row.id,),
@@ -61,5 +60,5 @@ def test_true_digit_out_of_range_is_rejected(db: Database) -> None:
 
 def test_feedback_needs_a_time(db: Database) -> None:
     row = insert_prediction(db, _new())
-    with pytest.raises(psycopg2.IntegrityError), db.connection() as conn, conn.cursor() as cur:
+    with pytest.raises(RowRejected), db.connection() as conn, conn.cursor() as cur:
         cur.execute("UPDATE predictions SET true_digit = 3 WHERE id = %s", (row.id,))

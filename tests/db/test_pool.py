@@ -78,10 +78,57 @@ def test_borrowers_wait_for_a_free_connection(database_url: str) -> None:
 def test_statement_timeout_applies(database_url: str) -> None:
     db = Database(database_url, statement_timeout_ms=100)
     with (
-        pytest.raises(psycopg2.errors.QueryCanceled),
+        pytest.raises(DatabaseUnavailable, match="statement timeout"),
         db.connection() as conn,
         conn.cursor() as cur,
     ):
         cur.execute("SELECT pg_sleep(2)")
     db.ping()  # the connection was rolled back, not broken
+    db.close()
+
+
+def _last_query(admin_url: str, pid: int) -> str:
+    admin = psycopg2.connect(admin_url)
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,))
+            row = cur.fetchone()
+    finally:
+        admin.close()
+    assert row is not None
+    return str(row[0])
+
+
+MARKER = "SELECT pg_backend_pid() AS marker"
+
+
+def _mark(db: Database) -> int:
+    """Run a marker statement in autocommit (no COMMIT after it); return the backend's pid."""
+    with db.connection() as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(MARKER)
+            row = cur.fetchone()
+        conn.autocommit = False
+    assert row is not None
+    return int(row[0])
+
+
+def test_borrowing_a_connection_costs_no_round_trip(db: Database, pg_admin_url: str) -> None:
+    pid = _mark(db)
+    for _ in range(3):
+        with db.connection():
+            pass
+    # No `SELECT 1` per borrow: the last statement that backend ran is still the marker.
+    assert _last_query(pg_admin_url, pid) == MARKER
+
+
+def test_a_connection_idle_for_long_is_checked_before_it_is_lent(
+    database_url: str, pg_admin_url: str
+) -> None:
+    db = Database(database_url, idle_check_s=0.0)
+    pid = _mark(db)
+    with db.connection():
+        pass
+    assert _last_query(pg_admin_url, pid) == "ROLLBACK"  # after the check's `SELECT 1`
     db.close()

@@ -9,10 +9,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 
-from digit_predictor.db import Database, registry
+from digit_predictor.db import Database, RowRejected, registry
 
 
 def _add(db: Database, version: str, payload: bytes = b"", **kwargs: Any) -> registry.ModelRecord:
@@ -131,7 +130,7 @@ def test_the_database_allows_one_champion_only(db: Database, tmp_path: Path) -> 
     registry.register_shipped(db, _shipped(tmp_path, "v1", b"one"))
     _add(db, "v2")
     with (
-        pytest.raises(psycopg2.errors.UniqueViolation),
+        pytest.raises(RowRejected, match="models_one_champion"),
         db.connection() as conn,
         conn.cursor() as cur,
     ):

@@ -34,6 +34,7 @@ COMPOSE_ONLY_VARS = frozenset(
         "WEB_PORT",  # host port the page is published on
         "DOMAIN",  # the proxy profile's TLS name
         "ACME_EMAIL",  # the proxy profile's Let's Encrypt account
+        "TRAINING_DATA_DIR",  # the trainer profile's MNIST and extra digits (read-only)
     }
 )
 

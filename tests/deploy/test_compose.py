@@ -44,7 +44,7 @@ def _healthcheck(service: dict[str, Any]) -> str:
 
 
 def test_the_expected_services(services: dict[str, Any]) -> None:
-    assert set(services) == {"db", "migrate", "api", "web", "proxy"}
+    assert set(services) == {"db", "migrate", "api", "web", "proxy", "trainer"}
 
 
 def test_db_image_is_pinned_postgres_15(services: dict[str, Any]) -> None:
@@ -100,7 +100,12 @@ def test_long_running_services_restart_unless_stopped(services: dict[str, Any]) 
 
 def test_app_images_are_built_from_the_dockerfiles(compose: dict[str, Any]) -> None:
     built = {name: svc["build"]["dockerfile"] for name, svc in app_services(compose).items()}
-    assert built == {"migrate": "Dockerfile.api", "api": "Dockerfile.api", "web": "Dockerfile.web"}
+    assert built == {
+        "migrate": "Dockerfile.api",
+        "api": "Dockerfile.api",
+        "web": "Dockerfile.web",
+        "trainer": "Dockerfile.api",
+    }
 
 
 def test_secrets_come_only_from_env() -> None:
@@ -116,6 +121,15 @@ def test_secrets_come_only_from_env() -> None:
 def test_db_password_is_required() -> None:
     with pytest.raises(InterpolationError, match="DB_PASSWORD"):
         interpolate(COMPOSE.read_text(), {})
+
+
+def test_trainer_is_a_one_shot_retraining_under_its_own_profile(services: dict[str, Any]) -> None:
+    trainer = services["trainer"]
+    assert trainer["profiles"] == ["trainer"]
+    assert trainer["command"] == ["python", "-m", "digit_predictor.ml.retrain", "--promote"]
+    assert trainer["restart"] == "no"
+    assert trainer["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    assert all(v.endswith(":/shared/data:ro") for v in trainer["volumes"])
 
 
 def test_proxy_profile_serves_domain_with_tls(services: dict[str, Any]) -> None:

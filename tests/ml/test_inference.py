@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
-from digit_predictor.ml.canvas import pen_digit, to_png
 from digit_predictor.ml.inference import Classifier, ModelLoadError, ModelNotFoundError
 from digit_predictor.ml.preprocess import preprocess_bytes
+from digit_predictor.ml.synthetic_digits import pen_digit, to_png
 
 
 @pytest.fixture(scope="module")

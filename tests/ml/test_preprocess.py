@@ -11,6 +11,7 @@ from digit_predictor.ml.preprocess import (
     MNIST_MEAN,
     MNIST_STD,
     EmptyDrawingError,
+    ink_map,
     preprocess_bytes,
     preprocess_image,
     preprocess_ink,
@@ -181,3 +182,31 @@ def test_mnist_digit_is_left_almost_unchanged(mnist_dir) -> None:  # type: ignor
         for img in test.images[:50]
     ]
     assert float(np.mean(diffs)) < 0.04
+
+
+def _canvases() -> dict[str, Image.Image]:
+    level = np.rint(draw_strokes(SEVEN) * 255).astype(np.uint8)
+    grey = Image.fromarray(level, mode="L")
+    opaque = Image.merge("RGBA", [grey, grey, grey, Image.new("L", grey.size, 255)])
+    transparent = Image.merge("RGBA", [Image.new("L", grey.size, 40)] * 3 + [grey])
+    tinted = Image.merge("RGB", [grey, grey.point(lambda v: v // 2), grey.point(lambda v: v // 3)])
+    return {
+        "L": grey,
+        "L dark on light": grey.point(lambda v: 255 - v),
+        "RGB tinted": tinted,
+        "RGBA opaque (the canvas)": opaque,
+        "RGBA ink in alpha": transparent,
+        "LA ink in alpha": transparent.convert("LA"),
+        "P": tinted.convert("P"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_canvases()))
+def test_the_uint8_fast_path_gives_exactly_the_float_path_result(name: str) -> None:
+    # preprocess_image works on one uint8 channel and makes only the crop float; the general
+    # path (ink_map: a float map of the whole canvas) must give the very same digit.
+    img = _canvases()[name]
+    fast = preprocess_image(img)
+    general = preprocess_ink(ink_map(img))
+    assert np.array_equal(fast.image, general.image), name
+    assert torch.equal(fast.tensor, general.tensor)

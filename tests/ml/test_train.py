@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from digit_predictor.ml.card import ModelCard
 from digit_predictor.ml.inference import Classifier
 from digit_predictor.ml.train import TrainConfig, run_training, save_model
 
@@ -56,7 +57,9 @@ def test_short_training_lowers_the_loss_and_is_reproducible(
         assert torch.equal(a, b), name
 
     card = save_model(first, config, tmp_path, "pytest", metrics={"benchmarks": []})
-    assert json.loads((tmp_path / "model_card.json").read_text())["version"] == card["version"]
+    assert json.loads((tmp_path / "model_card.json").read_text())["version"] == card.version
+    assert ModelCard.read(tmp_path) == card
+    assert card.data_counts is not None and card.data_counts["mnist_validation"] == 256
     assert "Model card" in (tmp_path / "model_card.md").read_text()
     loaded = Classifier.load(tmp_path / "model.pt")
     probs = loaded.predict_proba(torch.zeros(2, 1, 28, 28))

@@ -15,6 +15,7 @@ class Outcome:
     status: int | None  # None: the request failed at the connection level
     body: dict[str, object] | None
     error: str | None = None
+    answered_at: float = 0.0  # time.monotonic() when the answer (or the failure) came
 
 
 @dataclass
@@ -61,9 +62,12 @@ def run_load(
                         files={"image": (f"{i}.png", png, "image/png")},
                         data={"source": "load"},
                     )
-                    outcome = Outcome(response.status_code, response.json())
+                    outcome = Outcome(
+                        response.status_code, response.json(), answered_at=time.monotonic()
+                    )
                 except (httpx.HTTPError, ValueError) as exc:
-                    outcome = Outcome(None, None, f"{type(exc).__name__}: {exc}")
+                    error = f"{type(exc).__name__}: {exc}"
+                    outcome = Outcome(None, None, error, answered_at=time.monotonic())
                 with lock:
                     result.outcomes.append(outcome)
 

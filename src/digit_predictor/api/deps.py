@@ -11,7 +11,7 @@ from digit_predictor.api.champion import ChampionWatcher
 from digit_predictor.api.metrics import Metrics
 from digit_predictor.api.predictor import Predictor
 from digit_predictor.api.shutdown import Drain
-from digit_predictor.api.write_queue import PredictionStore
+from digit_predictor.api.writer import PredictionStore
 from digit_predictor.config import Settings
 from digit_predictor.db import Database
 from digit_predictor.ml.inference import Classifier
@@ -44,6 +44,14 @@ async def get_db(services: ServicesDep) -> Database:
     return services.db
 
 
+async def get_predictor(services: ServicesDep) -> Predictor:
+    return services.predictor
+
+
+async def get_store(services: ServicesDep) -> PredictionStore:
+    return services.store
+
+
 async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
@@ -56,12 +64,10 @@ async def get_drain(request: Request) -> Drain:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+StoreDep = Annotated[PredictionStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 DrainDep = Annotated[Drain, Depends(get_drain)]
-
-
-async def get_predictor(services: ServicesDep) -> Predictor:
-    return services.predictor
 
 
 async def get_classifier(services: ServicesDep) -> Classifier:
@@ -69,5 +75,4 @@ async def get_classifier(services: ServicesDep) -> Classifier:
     return services.predictor.classifier
 
 
-PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 ClassifierDep = Annotated[Classifier, Depends(get_classifier)]

@@ -6,7 +6,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import psycopg2
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -27,6 +26,15 @@ FIELD_HINTS = {
     "true_digit": 'send JSON {"true_digit": N} with N an integer from 0 to 9',
     "source": "send at most 64 printable characters, e.g. 'web'",
 }
+
+
+class InvalidBody(RequestValidationError):
+    """A route's own 422: the validation errors plus what the route's body should be."""
+
+    def __init__(self, errors: Sequence[Any], body_hint: str) -> None:
+        super().__init__(errors)
+        self.body_hint = body_hint
+
 
 DESCRIPTIONS = {
     400: "Malformed request (e.g. a broken multipart body)",
@@ -97,8 +105,7 @@ def respond(
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    # The feedback route's only body is {"true_digit": N}: say so whatever was wrong with it.
-    body_hint = FIELD_HINTS["true_digit"] if request.url.path.endswith("/feedback") else None
+    body_hint = exc.body_hint if isinstance(exc, InvalidBody) else None
     detail, errors = summarise(exc.errors(), body_hint)
     return respond(request, detail, 422, errors=errors)
 
@@ -114,11 +121,7 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
         headers["Allow"] = ", ".join(allowed)
         detail = f"method {request.method} not allowed here; use {' or '.join(allowed)}"
     elif status == 400 and detail == "There was an error parsing the body":
-        if request.url.path.endswith("/feedback"):
-            # "422 for anything but an integer 0-9", an unreadable body included.
-            status, detail = 422, f"body: not readable as JSON ({FIELD_HINTS['true_digit']})"
-        else:
-            detail = "the request body could not be parsed; send a well-formed request"
+        detail = "the request body could not be parsed; send a well-formed request"
     return respond(request, detail, status, headers=headers)
 
 
@@ -149,8 +152,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(PredictionNotFound, not_found)
-    # Unavailable or timed out: the pool raises DatabaseUnavailable for a lost connection, a
-    # statement timeout surfaces as psycopg2.OperationalError.
-    for exc_type in (DatabaseUnavailable, psycopg2.OperationalError, psycopg2.InterfaceError):
-        app.add_exception_handler(exc_type, database_unavailable)
+    # Unreachable, lost mid-way or timed out: the data layer says DatabaseUnavailable for all.
+    app.add_exception_handler(DatabaseUnavailable, database_unavailable)
     # Anything else that escapes is answered (500, JSON, request id) by RequestLogMiddleware.

@@ -40,6 +40,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            "pid": record.process,  # which worker process (python -m digit_predictor.api)
         }
         request_id = request_id_var.get()
         if request_id is not None:

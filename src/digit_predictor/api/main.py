@@ -1,13 +1,15 @@
-"""The app: `uvicorn digit_predictor.api.main:app`.
+"""The app, one per worker process (started by `python -m digit_predictor.api`).
 
-The lifespan loads and warms the model once, prepares the database (migrations, pool, write
-queue) without requiring it to be up, and on shutdown flushes queued rows.
+The lifespan loads and warms the model once, prepares the database (migrations, pool, the
+group-commit writer) without requiring it to be up, and on shutdown flushes queued rows.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,9 +27,10 @@ from digit_predictor.api.predictor import Predictor
 from digit_predictor.api.routes import explanations, health, models, predictions, previews, stats
 from digit_predictor.api.security import require_api_key
 from digit_predictor.api.shutdown import Drain, delay_sigterm
-from digit_predictor.api.write_queue import PredictionStore
+from digit_predictor.api.writer import PredictionStore
 from digit_predictor.config import Settings, get_settings
-from digit_predictor.db import Database
+from digit_predictor.db import Database, DatabaseUnavailable
+from digit_predictor.db.migrate import migrate
 from digit_predictor.ml.inference import Classifier
 
 log = logging.getLogger(__name__)
@@ -71,10 +74,12 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
     db = Database.from_settings(settings)
     store = PredictionStore(
         db,
-        queue_size=settings.write_queue_size,
         metrics=metrics,
-        connect_timeout_s=settings.db_connect_timeout_s,
+        max_rows=settings.write_queue_size,
+        wait_s=settings.write_wait_ms / 1000.0,
+        spool_dir=settings.write_spool_dir,
     )
+    start_migrations(settings)
     store.start()
     predictor = Predictor(classifier, max_side=settings.max_image_side)
     # Serves the shipped file until the registry answers, then the registry's champion.
@@ -95,6 +100,38 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         db=db,
         store=store,
     )
+
+
+MIGRATE_RETRY_S = 1.0
+
+
+def start_migrations(settings: Settings) -> None:
+    """Apply pending migrations now if PostgreSQL answers, else keep trying in the background.
+
+    Never on the insert path: until the schema is there, inserts fail like an unreachable
+    database does, so rows wait in the writer's queue. Every worker may try; an advisory lock
+    inside `migrate` makes the second one find nothing to do.
+    """
+
+    def attempt() -> bool:
+        try:
+            applied = migrate(settings.dsn, connect_timeout_s=settings.db_connect_timeout_s)
+        except DatabaseUnavailable as exc:
+            log.info("migrations not applied yet: database unavailable", extra={"error": str(exc)})
+            return False
+        if applied:
+            log.info("applied migrations", extra={"versions": applied})
+        return True
+
+    if attempt():
+        return
+    log.warning("database not reachable at start-up; serving anyway, rows will be queued")
+
+    def keep_trying() -> None:
+        while not attempt():
+            time.sleep(MIGRATE_RETRY_S)
+
+    threading.Thread(target=keep_trying, name="migrate-at-start", daemon=True).start()
 
 
 @asynccontextmanager
@@ -133,14 +170,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     key = settings.api_key
     guard = [Security(require_api_key(key))] if key else []
     unauthorised = errors.error_responses(401) if key else {}
-    for router in (
+    routers = (
         predictions.upload_router,
+        predictions.feedback_router,
         predictions.router,
         stats.router,
         explanations.router,
         previews.router,
         models.router,
-    ):
+    )
+    for router in routers:
         app.include_router(router, dependencies=guard, responses=unauthorised)
     app.include_router(health.router)
     errors.install(app)
@@ -153,6 +192,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestLogMiddleware, metrics=metrics)
     return app
-
-
-app = create_app()

@@ -63,7 +63,7 @@ class Metrics:
         )
         self.db_writes = Counter(
             f"{PREFIX}_db_writes",
-            "Prediction rows written, by path: direct (in the request) or queue (after an outage)",
+            "Prediction rows written, by path (batch: the group-commit writer)",
             ["path"],
             registry=r,
         )
@@ -90,10 +90,17 @@ class Metrics:
             "Predictions refused (503) because the write queue was full",
             registry=r,
         )
+        self.db_write_batch_rows = Histogram(
+            f"{PREFIX}_db_write_batch_rows",
+            "Rows per committed batch of the group-commit writer",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
+        # Set from the pool's own record of its last attempt (Database.is_up): one owner.
         self.db_up = Gauge(
             f"{PREFIX}_database_up", "1 when the last database call succeeded, else 0", registry=r
         )
-        for path in ("direct", "queue"):
+        for path in ("batch",):
             self.db_writes.labels(path=path)
         for reason in ("unavailable", "rejected"):
             self.db_write_failures.labels(reason=reason)

@@ -1,15 +1,15 @@
-"""An uploaded drawing -> the model's answer, with the checks every drawing route makes.
-
-POST /v1/previews uses these; POST /v1/predictions makes the same checks inline (it can switch to
-these helpers: same limits, same messages, same metrics).
-"""
+"""The checks every route that takes a drawing makes, in HTTP terms: the same limits, the same
+messages and the same rejected-input metrics for `POST /v1/predictions` and `POST /v1/previews`.
+What is done with the drawing (predict, store) is service.py's, without HTTP."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from fastapi import HTTPException, UploadFile
 
 from digit_predictor.api.metrics import Metrics
-from digit_predictor.api.predictor import Outcome, Predictor
 from digit_predictor.ml.preprocess import EmptyDrawingError, InvalidImageError
 
 
@@ -26,15 +26,12 @@ def read_drawing(image: UploadFile, *, limit: int, metrics: Metrics) -> bytes:
     return data
 
 
-def predict_drawing(predictor: Predictor, data: bytes, *, metrics: Metrics) -> Outcome:
-    """The model's answer; 422 (saying what to fix) for anything that is not a drawing."""
+@contextmanager
+def bad_drawings_refused(metrics: Metrics) -> Iterator[None]:
+    """A drawing the model cannot take (not an image, nothing drawn) -> 422 saying what to fix."""
     try:
-        outcome = predictor.predict(data)
-    except EmptyDrawingError as exc:
-        metrics.rejected_inputs.labels(reason="empty_drawing").inc()
+        yield
+    except (EmptyDrawingError, InvalidImageError) as exc:
+        reason = "empty_drawing" if isinstance(exc, EmptyDrawingError) else "invalid_image"
+        metrics.rejected_inputs.labels(reason=reason).inc()
         raise HTTPException(status_code=422, detail=str(exc)) from exc
-    except InvalidImageError as exc:
-        metrics.rejected_inputs.labels(reason="invalid_image").inc()
-        raise HTTPException(status_code=422, detail=str(exc)) from exc
-    metrics.inference_latency.observe(outcome.latency_ms / 1000.0)
-    return outcome

@@ -7,10 +7,9 @@ import logging
 import sys
 import time
 
-import psycopg2
-
 from digit_predictor.config import get_settings
 from digit_predictor.db import registry
+from digit_predictor.db.errors import DatabaseUnavailable
 from digit_predictor.db.migrate import migrate
 from digit_predictor.db.pool import Database
 
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             applied = migrate(dsn)
             break
-        except psycopg2.OperationalError as exc:
+        except DatabaseUnavailable as exc:
             if time.monotonic() >= deadline:
                 print(f"database not reachable: {str(exc).strip()}", file=sys.stderr)
                 return 1

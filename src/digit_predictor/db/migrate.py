@@ -15,6 +15,8 @@ from pathlib import Path
 
 import psycopg2
 
+from digit_predictor.db.pool import translate
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -42,7 +44,17 @@ def available_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 def migrate(
     dsn: str, directory: Path = MIGRATIONS_DIR, *, connect_timeout_s: int = 10
 ) -> list[str]:
-    """Apply pending migrations; return the versions applied by this call."""
+    """Apply pending migrations; return the versions applied by this call.
+
+    Raises DatabaseUnavailable (or RowRejected) rather than the driver's errors.
+    """
+    try:
+        return _migrate(dsn, directory, connect_timeout_s)
+    except psycopg2.Error as exc:
+        raise translate(exc) from exc
+
+
+def _migrate(dsn: str, directory: Path, connect_timeout_s: int) -> list[str]:
     applied_now: list[str] = []
     conn = psycopg2.connect(dsn, connect_timeout=connect_timeout_s)
     try:

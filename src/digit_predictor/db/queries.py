@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -30,6 +30,9 @@ class PredictionNotFound(LookupError):
 
 @dataclass(frozen=True)
 class NewPrediction:
+    """A row to insert. Its fields are the columns written, by name and in order
+    (`NEW_PREDICTION_COLUMNS`): a new column is one new field here."""
+
     predicted_digit: int
     confidence: float
     probabilities: Sequence[float]
@@ -39,7 +42,21 @@ class NewPrediction:
     source: str | None = None
     # Set by the api so that a retried write (after a database outage) stays one row.
     request_id: uuid.UUID = field(default_factory=uuid.uuid4)
-    created_at: datetime | None = None
+    created_at: datetime | None = None  # None: the database's now()
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(
+            list(v) if isinstance(v, Sequence) and not isinstance(v, str | bytes) else v
+            for v in (getattr(self, name) for name in NEW_PREDICTION_COLUMNS)
+        )
+
+
+NEW_PREDICTION_COLUMNS = tuple(f.name for f in fields(NewPrediction))
+_INSERT = f"""INSERT INTO predictions ({", ".join(NEW_PREDICTION_COLUMNS)}) VALUES %s
+              ON CONFLICT (request_id) DO NOTHING"""
+_ROW_TEMPLATE = "({})".format(
+    ", ".join("COALESCE(%s, now())" if c == "created_at" else "%s" for c in NEW_PREDICTION_COLUMNS)
+)
 
 
 @dataclass(frozen=True)
@@ -106,30 +123,38 @@ def _prediction(row: Sequence[Any], *, with_image: bool = False) -> Prediction:
     )
 
 
-def insert_prediction(db: Database, new: NewPrediction) -> Prediction:
-    """Store a prediction; writing the same request_id again returns the row already stored."""
-    with db.connection() as conn, conn.cursor() as cur:
-        cur.execute(
-            f"""INSERT INTO predictions (request_id, created_at, predicted_digit, confidence,
-                    probabilities, image_data, model_version, latency_ms, source)
-                VALUES (%s, COALESCE(%s, now()), %s, %s, %s, %s, %s, %s, %s)
-                ON CONFLICT (request_id) DO UPDATE SET request_id = EXCLUDED.request_id
-                RETURNING {_COLUMNS}""",
-            (
-                new.request_id,
-                new.created_at,
-                new.predicted_digit,
-                new.confidence,
-                list(new.probabilities),
-                psycopg2.Binary(new.image_data),
-                new.model_version,
-                new.latency_ms,
-                new.source,
-            ),
+def insert_predictions(db: Database, rows: Sequence[NewPrediction]) -> dict[uuid.UUID, int]:
+    """Store rows in one statement and one transaction; return each request_id's row id.
+
+    Idempotent on request_id: a row already stored (a retry after an ambiguous commit) is not
+    written again, and its existing id is returned.
+    """
+    if not rows:
+        return {}
+    # One statement is atomic by itself: autocommit spares the BEGIN and COMMIT round trips.
+    with db.connection(autocommit=True) as conn, conn.cursor() as cur:
+        returned = psycopg2.extras.execute_values(
+            cur,
+            _INSERT + " RETURNING request_id, id",
+            [row.values() for row in rows],
+            template=_ROW_TEMPLATE,
+            page_size=len(rows),
+            fetch=True,
         )
-        row = cur.fetchone()
-    assert row is not None
-    return _prediction(row)
+        ids: dict[uuid.UUID, int] = {r[0]: int(r[1]) for r in returned}
+        missing = [row.request_id for row in rows if row.request_id not in ids]
+        if missing:
+            cur.execute(
+                "SELECT request_id, id FROM predictions WHERE request_id = ANY(%s)", (missing,)
+            )
+            ids.update((r[0], int(r[1])) for r in cur.fetchall())
+    return ids
+
+
+def insert_prediction(db: Database, new: NewPrediction) -> Prediction:
+    """Store one prediction (tests, tools); the api goes through `insert_predictions`."""
+    row_id = insert_predictions(db, [new])[new.request_id]
+    return get_prediction(db, row_id)
 
 
 def record_feedback(db: Database, prediction_id: int, true_digit: int) -> Prediction:

@@ -1,15 +1,106 @@
-"""The model card: what was trained, how, on what, and how well it does; JSON and Markdown."""
+"""The model card: what was trained, how, on what, and how well it does; JSON and Markdown.
+
+`ModelCard` is the one owner of the card's fields, its file name, and reading and writing it.
+Training writes one beside the weights, evaluation updates its metrics, inference checks the
+weights against it, retraining stores one (with the gate table) in the model registry.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
 CURVE_PNG = "training_curve.png"
 EXAMPLES_PNG = "preprocessing_examples.png"
+
+
+class CardError(ValueError):
+    """A model card is missing, unreadable, or lacks what every card must say."""
+
+
+@dataclass
+class ModelCard:
+    """Every field a card may hold. Keys this version does not know are kept in `extra`, so an
+    older or newer card survives a read and a write unchanged."""
+
+    FILE_NAME: ClassVar[str] = CARD_JSON
+
+    version: str
+    architecture: str
+    weights_sha256: str | None = None
+    weights_file: str | None = None
+    weights_bytes: int | None = None
+    parameter_count: int | None = None
+    input: str | None = None
+    normalisation: dict[str, float] | None = None
+    command: str | None = None
+    config: dict[str, Any] | None = None
+    data_md5: dict[str, str] | None = None
+    # What was trained on, by short key (mnist_train, usps_train, ...): numbers, not sentences.
+    data_counts: dict[str, int] | None = None
+    data_notes: list[str] | None = None
+    training_seconds: float | None = None
+    history: list[dict[str, float]] | None = None
+    torch_version: str | None = None
+    torch_threads: int | None = None
+    device: str | None = None
+    metrics: dict[str, Any] | None = None
+    evaluation_command: str | None = None
+    training_curve: str | None = None
+    # Set by retraining: the version fine-tuned, what it learned from, and the gate it met.
+    parent_version: str | None = None
+    retraining: dict[str, Any] | None = None
+    post_finetune: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        if not isinstance(data, dict):
+            raise CardError("a model card is a JSON object")
+        for key in ("version", "architecture"):
+            if not isinstance(data.get(key), str) or not data[key]:
+                raise CardError(f"the model card has no {key!r}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(
+            **{k: v for k, v in data.items() if k in known},
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "extra" and getattr(self, f.name) is not None
+        }
+        return {**self.extra, **out}
+
+    @classmethod
+    def path_in(cls, directory: Path) -> Path:
+        return directory / cls.FILE_NAME
+
+    @classmethod
+    def read(cls, directory: Path) -> ModelCard:
+        path = cls.path_in(directory)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise CardError(f"model card not found at {path}") from exc
+        except (OSError, ValueError) as exc:
+            raise CardError(f"model card {path} is unreadable: {exc}") from exc
+        try:
+            return cls.from_dict(data)
+        except (CardError, TypeError) as exc:
+            raise CardError(f"model card {path} is unreadable: {exc}") from exc
+
+    def write(self, directory: Path) -> None:
+        """The JSON card and its Markdown rendering, side by side."""
+        write_card(directory, self.to_dict())
 
 
 BENCHMARKS_EXPLAINED = """\
@@ -32,6 +123,7 @@ BENCHMARKS_EXPLAINED = """\
 
 
 def write_card(out_dir: Path, card: dict[str, Any]) -> None:
+    """Write a card given as a plain dict (`ModelCard.write` is the typed way in)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     text = card_markdown(card)

@@ -19,29 +19,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
-from digit_predictor.ml.canvas import pen_digit, redraw_digit, to_png
+from digit_predictor.ml.batch import predict
 from digit_predictor.ml.card import target_status
 from digit_predictor.ml.data import MnistSplit, default_data_dir, load_split
 from digit_predictor.ml.extra_digits import heldout_digits
 from digit_predictor.ml.preprocess import (
-    MNIST_MEAN,
-    MNIST_STD,
     EmptyDrawingError,
     decode_image,
     ink_map,
     preprocess_bytes,
     preprocess_ink,
 )
-
-
-def _predict(model: torch.nn.Module, images_u8: np.ndarray, batch: int = 1000) -> np.ndarray:
-    model.eval()
-    preds = []
-    with torch.inference_mode():
-        for start in range(0, len(images_u8), batch):
-            x = torch.from_numpy(images_u8[start : start + batch]).float().div(255.0)[:, None]
-            preds.append(model((x - MNIST_MEAN) / MNIST_STD).argmax(dim=1).numpy())
-    return np.concatenate(preds) if preds else np.empty(0, dtype=np.int64)
+from digit_predictor.ml.synthetic_digits import pen_digit, redraw_digit, to_png
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
@@ -73,11 +62,7 @@ def canvas_sets(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Canvas drawings made from MNIST test digits, and pen-stroke digits; both preprocessings."""
     rng = np.random.default_rng(seed)
-    faithful, plain = [], []
-    for i in tqdm(range(n), desc="canvas benchmark", disable=not progress, file=sys.stderr):
-        png = to_png(redraw_digit(test.images[i], rng), PNG_STYLES[i % len(PNG_STYLES)])
-        faithful.append(_faithful(png))
-        plain.append(plain_resize(png))
+    faithful, plain = canvas_benchmark(test, n, rng, with_plain=True, progress=progress)
     pen_labels = np.arange(pen_n, dtype=np.int64) % 10
     pen_faithful, pen_plain = [], []
     for i in tqdm(range(pen_n), desc="pen strokes", disable=not progress, file=sys.stderr):
@@ -86,11 +71,34 @@ def canvas_sets(
         pen_plain.append(plain_resize(png))
     labels = test.labels[:n]
     return {
-        CANVAS_FAITHFUL: (np.stack(faithful), labels),
-        CANVAS_PLAIN: (np.stack(plain), labels),
+        CANVAS_FAITHFUL: (faithful, labels),
+        CANVAS_PLAIN: (plain, labels),
         PEN_FAITHFUL: (np.stack(pen_faithful), pen_labels),
         PEN_PLAIN: (np.stack(pen_plain), pen_labels),
     }
+
+
+def canvas_benchmark(
+    test: MnistSplit,
+    n: int,
+    rng: np.random.Generator,
+    *,
+    with_plain: bool = False,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first `n` MNIST test digits redrawn on a canvas, sent as PNG and preprocessed
+    (and, with `with_plain`, also plainly resized; otherwise that array is empty)."""
+    faithful, plain = [], []
+    for i in tqdm(range(n), desc="canvas benchmark", disable=not progress, file=sys.stderr):
+        png = to_png(redraw_digit(test.images[i], rng), PNG_STYLES[i % len(PNG_STYLES)])
+        faithful.append(_faithful(png))
+        if with_plain:
+            plain.append(plain_resize(png))
+    empty = np.zeros((0, 28, 28), dtype=np.uint8)
+    return (
+        np.stack(faithful) if faithful else empty,
+        np.stack(plain) if plain else empty,
+    )
 
 
 CANVAS_FAITHFUL = "canvas benchmark, MNIST-faithful preprocessing"
@@ -140,7 +148,7 @@ def score(model: torch.nn.Module, sets: dict[str, tuple[np.ndarray, np.ndarray]]
     rows: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {"benchmarks": rows}
     for name, (images, labels) in sets.items():
-        preds = _predict(model, images)
+        preds = predict(model, images)
         matrix = confusion_matrix(labels, preds)
         per_digit = (matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)).tolist()
         rows.append(
@@ -213,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--write-card", action="store_true", help="store these results in the model card"
     )
     args = parser.parse_args(argv)
-    from digit_predictor.ml.card import write_card
+    from digit_predictor.ml.card import ModelCard
     from digit_predictor.ml.inference import Classifier
 
     classifier = Classifier.load(args.weights)
@@ -225,13 +233,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ms = metrics["inference_ms_per_image"]
     print(f"inference: {ms:.2f} ms per image (batch of 1, one thread, median)")
     if args.write_card:
-        card = dict(classifier.card)
-        card["metrics"] = metrics
+        card = ModelCard.from_dict(classifier.card)
+        card.metrics = metrics
         argv_list = list(sys.argv[1:] if argv is None else argv)
-        card["evaluation_command"] = shlex.join(
+        card.evaluation_command = shlex.join(
             ["python", "-m", "digit_predictor.ml.evaluate", *argv_list]
         )
-        write_card(Path(args.weights).parent, card)
+        card.write(Path(args.weights).parent)
         print(f"updated the model card in {Path(args.weights).parent}", file=sys.stderr)
     return 0
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from digit_predictor.config import DataSettings
-from digit_predictor.ml.canvas import CANVAS, to_png
 from digit_predictor.ml.preprocess import EmptyDrawingError, preprocess_bytes, preprocess_ink
+from digit_predictor.ml.synthetic_digits import CANVAS, to_png
 
 # sha256 from the data directory's SOURCE.md.
 SHA256: dict[str, str] = {
@@ -105,6 +105,16 @@ def render_on_canvas(
 def _load(root: Path, rel: str) -> tuple[np.ndarray, np.ndarray]:
     path = _checked(root, rel)
     return load_usps(path) if rel.startswith("usps/") else load_optdigits(path)
+
+
+def load_part(name: str, root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ink maps (0..1) and labels of one named part: "USPS train", "optdigits tra",
+    "USPS test" or "optdigits windep", checked against its published sha256."""
+    rel = {**TRAIN_FILES, **HELDOUT_FILES}.get(name)
+    if rel is None:
+        known = ", ".join([*TRAIN_FILES, *HELDOUT_FILES])
+        raise ValueError(f"unknown part {name!r}; choose one of: {known}")
+    return _load(root or default_extra_dir(), rel)
 
 
 def training_digits(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import threading
 from pathlib import Path
@@ -13,9 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from digit_predictor.ml.card import CardError, ModelCard
 from digit_predictor.ml.models import build_model
 
-CARD_NAME = "model_card.json"
+CARD_NAME = ModelCard.FILE_NAME
 HOW_TO_TRAIN = "train one with `python -m digit_predictor.ml.train` (writes model/saved_model/)"
 
 
@@ -52,18 +52,17 @@ class Classifier:
                 f"{HOW_TO_TRAIN}"
             )
         try:
-            card = json.loads(card_path.read_text(encoding="utf-8"))
-            architecture = str(card["architecture"])
-            str(card["version"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ModelLoadError(f"model card {card_path} is unreadable: {exc}") from exc
-        expected_sha = card.get("weights_sha256")
-        if expected_sha and sha256_of(weights) != expected_sha:
+            card = ModelCard.read(weights.parent)
+        except CardError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        if card.weights_sha256 and sha256_of(weights) != card.weights_sha256:
             raise ModelLoadError(
                 f"{weights} does not match its model card (sha256 differs); "
                 "ship the weights and the card from the same training run"
             )
-        return cls.from_weights(architecture, weights.read_bytes(), card, origin=str(weights))
+        return cls.from_weights(
+            card.architecture, weights.read_bytes(), card.to_dict(), origin=str(weights)
+        )
 
     @classmethod
     def from_weights(

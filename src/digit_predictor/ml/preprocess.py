@@ -104,8 +104,10 @@ def preprocess_bytes(data: bytes, *, max_side: int = 2048) -> Preprocessed:
 
 def preprocess_image(img: Image.Image) -> Preprocessed:
     """Drawing -> MNIST-like 28x28 digit. Raises EmptyDrawingError when nothing was drawn."""
-    ink = ink_map(img)
-    return preprocess_ink(ink)
+    channel = ink_channel(img)
+    if channel is None:  # 16-bit, float, or partly transparent: the general float path
+        return preprocess_ink(ink_map(img))
+    return _preprocess_channel(*channel)
 
 
 def preprocess_ink(ink: np.ndarray) -> Preprocessed:
@@ -118,12 +120,42 @@ def preprocess_ink(ink: np.ndarray) -> Preprocessed:
     ink[ink < NOISE_FLOOR] = 0.0
 
     rows, cols = _bbox(ink)
+    _refuse_dots(rows, cols, ink.shape)
+    return _preprocess_crop(ink[rows[0] : rows[1], cols[0] : cols[1]])
+
+
+def _refuse_dots(rows: tuple[int, int], cols: tuple[int, int], shape: tuple[int, ...]) -> None:
     extent = max(rows[1] - rows[0], cols[1] - cols[0])
-    min_extent = max(MIN_EXTENT_PX, MIN_EXTENT_SHARE * min(ink.shape))
+    min_extent = max(MIN_EXTENT_PX, MIN_EXTENT_SHARE * min(shape))
     if extent < min_extent:
         raise EmptyDrawingError("only a dot was drawn: draw a digit first")
 
-    crop = ink[rows[0] : rows[1], cols[0] : cols[1]]
+
+def _preprocess_channel(values: np.ndarray, levels: np.ndarray) -> Preprocessed:
+    """`preprocess_ink(levels[values])`, without building that float map of the whole canvas.
+
+    `values` is one uint8 channel, `levels` the ink level of each of its 256 values (monotonic).
+    Peak, noise floor and bounding box are decided on the 256 levels and on uint8 comparisons;
+    only the cropped digit becomes float. Same arithmetic per pixel, so the same result.
+    """
+    low, high = int(values.min()), int(values.max())
+    peak = max(float(levels[low]), float(levels[high]))  # levels is monotonic
+    if peak < MIN_CONTRAST:
+        raise EmptyDrawingError("nothing was drawn: draw a digit first")
+    levels = levels / peak
+    levels[levels < NOISE_FLOOR] = 0.0
+    clear = np.flatnonzero(levels >= BBOX_LEVEL)  # values that count as clearly ink
+    if clear.size == 0:
+        raise EmptyDrawingError("nothing was drawn: draw a digit first")
+    # Monotonic levels: "clearly ink" is one side of a threshold on the raw value.
+    mask = values >= clear[0] if levels[255] >= levels[0] else values <= clear[-1]
+    rows, cols = _mask_bbox(mask)
+    _refuse_dots(rows, cols, values.shape)
+    return _preprocess_crop(levels[values[rows[0] : rows[1], cols[0] : cols[1]]])
+
+
+def _preprocess_crop(crop: np.ndarray) -> Preprocessed:
+    """The cropped ink (float, peak 1) -> the 28x28 digit."""
     crop = _normalise_stroke(crop)
     patch = _fit_box(crop)
     field = _place_by_centre_of_mass(patch)
@@ -135,6 +167,35 @@ def to_model_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 (28, 28) white-on-black -> normalised float32 (1, 28, 28)."""
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32) / 255.0)
     return ((x - MNIST_MEAN) / MNIST_STD).unsqueeze(0)
+
+
+def ink_channel(img: Image.Image) -> tuple[np.ndarray, np.ndarray] | None:
+    """The drawing as one uint8 channel and the ink level (0..1) of each of its 256 values,
+    for the usual drawings (`ink_map`'s result is `levels[values]`); None for the rest."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return None
+    if img.mode in ("PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+        alpha = np.asarray(img.getchannel("A"))
+        lowest, highest = int(alpha.min()), int(alpha.max())
+        if highest < 128:  # every pixel under half opaque
+            raise EmptyDrawingError("the image is fully transparent: draw a digit first")
+        if highest - lowest >= 128:
+            if np.count_nonzero(alpha >= 128) * 2 < alpha.size:
+                # A transparent canvas with opaque strokes: the alpha channel is the ink.
+                return alpha, _UNIT_LEVELS.copy()
+            return None  # mostly opaque with transparent parts: flattened in float
+    # Greyscale of the colour channels (ITU-R 601-2 weights, as `_luminance`).
+    lum = np.asarray(img.convert("L"))
+    border = np.concatenate([lum[0, :], lum[-1, :], lum[:, 0], lum[:, -1]])
+    return lum, _ink_levels(_UNIT_LEVELS.copy(), border.astype(np.float32) / 255.0)
+
+
+# Value v of a uint8 channel -> v / 255 as float32, as the float path computes it per pixel.
+_UNIT_LEVELS = np.arange(256, dtype=np.float32) / 255.0
 
 
 def ink_map(img: Image.Image) -> np.ndarray:
@@ -172,6 +233,10 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
 def _ink_from_luminance(lum: np.ndarray) -> np.ndarray:
     """Detect light-on-dark vs dark-on-light from the border and subtract the background."""
     border = np.concatenate([lum[0, :], lum[-1, :], lum[:, 0], lum[:, -1]])
+    return _ink_levels(lum, border)
+
+
+def _ink_levels(lum: np.ndarray, border: np.ndarray) -> np.ndarray:
     background = float(np.median(border))
     if background > 0.5:
         lum = 1.0 - lum
@@ -182,7 +247,10 @@ def _ink_from_luminance(lum: np.ndarray) -> np.ndarray:
 
 def _bbox(ink: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
     """Half-open (row, col) ranges of the pixels that are clearly ink."""
-    mask = ink >= BBOX_LEVEL
+    return _mask_bbox(ink >= BBOX_LEVEL)
+
+
+def _mask_bbox(mask: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
     if not mask.any():
         raise EmptyDrawingError("nothing was drawn: draw a digit first")
     row_idx = np.flatnonzero(mask.any(axis=1))

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from digit_predictor.config import PROJECT_ROOT
 from digit_predictor.ml import card as model_card
 from digit_predictor.ml.augment import AugmentConfig, augment_batch
+from digit_predictor.ml.batch import normalise, predict
 from digit_predictor.ml.data import default_data_dir, load_split, verify_files
 from digit_predictor.ml.inference import sha256_of
 from digit_predictor.ml.models import DEFAULT_ARCHITECTURE, build_model, parameter_count
@@ -32,6 +33,8 @@ from digit_predictor.ml.preprocess import MNIST_MEAN, MNIST_STD
 
 DEFAULT_OUT_DIR = PROJECT_ROOT / "model" / "saved_model"
 WEIGHTS_NAME = "model.pt"
+# Card keys of the extra real handwriting, and how the notes name them.
+REAL_HANDWRITING = {"usps_train": "USPS train", "optdigits_tra": "optdigits tra"}
 
 
 @dataclass
@@ -76,10 +79,6 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def normalise(images01: torch.Tensor) -> torch.Tensor:
-    return (images01 - MNIST_MEAN) / MNIST_STD
-
-
 def _training_data(
     config: TrainConfig, data_dir: Path, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, int]]:
@@ -93,41 +92,32 @@ def _training_data(
     x_train, y_train = images[train_idx], labels[train_idx]
     extra_counts: dict[str, int] = {}
     if config.redrawn > 0:
-        from digit_predictor.ml.canvas import redrawn_training_digits
+        from digit_predictor.ml.synthetic_digits import redrawn_training_digits
 
         pick = train_idx[torch.randperm(len(train_idx), generator=generator)[: config.redrawn]]
         x_redrawn = redrawn_training_digits(train.images[pick.numpy()], seed=2000 + config.seed)
         x_train = torch.cat([x_train, torch.from_numpy(x_redrawn).float().div_(255.0)[:, None]])
         y_train = torch.cat([y_train, labels[pick]])
-        extra_counts["MNIST train redrawn with a uniform brush"] = len(pick)
+        extra_counts["mnist_redrawn"] = len(pick)
     if config.extra_data:
         from digit_predictor.ml.extra_digits import training_digits
 
         for name, (x_extra, y_extra) in training_digits().items():
             x_train = torch.cat([x_train, torch.from_numpy(x_extra).float().div_(255.0)[:, None]])
             y_train = torch.cat([y_train, torch.from_numpy(y_extra)])
-            extra_counts[name] = len(y_extra)
+            extra_counts[name.replace(" ", "_").lower()] = len(y_extra)
     if config.pen_per_class > 0:
-        from digit_predictor.ml.canvas import pen_training_digits
+        from digit_predictor.ml.synthetic_digits import pen_training_digits
 
         x_pen, y_pen = pen_training_digits(config.pen_per_class, seed=1000 + config.seed)
         x_train = torch.cat([x_train, torch.from_numpy(x_pen).float().div_(255.0)[:, None]])
         y_train = torch.cat([y_train, torch.from_numpy(y_pen)])
-        extra_counts["synthetic pen-stroke digits"] = len(y_pen)
+        extra_counts["synthetic_pen"] = len(y_pen)
     return x_train, y_train, images[val_idx], labels[val_idx], extra_counts
 
 
 def accuracy(model: torch.nn.Module, images01: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((predict(model, images01) == labels).float().mean())
-
-
-def predict(model: torch.nn.Module, images01: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    model.eval()
-    outs = []
-    with torch.inference_mode():
-        for start in range(0, len(images01), batch):
-            outs.append(model(normalise(images01[start : start + batch])).argmax(dim=1))
-    return torch.cat(outs) if outs else torch.empty(0, dtype=torch.long)
+    return float((predict(model, images01) == labels.numpy()).mean())
 
 
 def run_training(
@@ -211,7 +201,7 @@ def save_model(
     out_dir: Path,
     command: str,
     metrics: dict[str, Any],
-) -> dict[str, Any]:
+) -> model_card.ModelCard:
     """Write weights, model card (JSON + Markdown) and the training curve; return the card."""
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS_NAME
@@ -221,10 +211,8 @@ def save_model(
         f"MNIST train: {result.train_size - sum(result.extra_counts.values())} images "
         f"({config.val_size} more held out for validation)."
     ]
-    real = {
-        k: n for k, n in result.extra_counts.items() if not k.startswith(("synthetic", "MNIST"))
-    }
-    redrawn = result.extra_counts.get("MNIST train redrawn with a uniform brush")
+    real = {REAL_HANDWRITING[k]: n for k, n in result.extra_counts.items() if k in REAL_HANDWRITING}
+    redrawn = result.extra_counts.get("mnist_redrawn")
     if redrawn:
         notes.append(
             f"{redrawn} MNIST training digits (a seeded random pick) also redrawn along their "
@@ -237,7 +225,7 @@ def save_model(
             + ", ".join(f"{name} ({n})" for name, n in real.items())
             + ". Only their held-out parts (USPS test, optdigits windep) are used in evaluation."
         )
-    pen = result.extra_counts.get("synthetic pen-stroke digits")
+    pen = result.extra_counts.get("synthetic_pen")
     if pen:
         notes.append(
             f"Synthetic pen-stroke digits ({pen}, generator seed {1000 + config.seed}): the "
@@ -248,32 +236,37 @@ def save_model(
         "Augmentation imitating canvas drawings (rotation, scale, aspect, shear, translation, "
         "stroke thickness, elastic distortion), re-fitted to 20x20 and centred by centre of mass."
     )
-    card: dict[str, Any] = {
-        "version": f"{config.arch}-{sha[:12]}",
-        "architecture": config.arch,
-        "parameter_count": parameter_count(result.model),
-        "weights_file": WEIGHTS_NAME,
-        "weights_sha256": sha,
-        "weights_bytes": weights.stat().st_size,
-        "input": (
+    card = model_card.ModelCard(
+        version=f"{config.arch}-{sha[:12]}",
+        architecture=config.arch,
+        parameter_count=parameter_count(result.model),
+        weights_file=WEIGHTS_NAME,
+        weights_sha256=sha,
+        weights_bytes=weights.stat().st_size,
+        input=(
             "float32 (N, 1, 28, 28): white ink on black, fitted to 20x20 and centred by "
             f"centre of mass, normalised (x - {MNIST_MEAN}) / {MNIST_STD}"
         ),
-        "normalisation": {"mean": MNIST_MEAN, "std": MNIST_STD},
-        "command": command,
-        "config": dataclasses.asdict(config),
-        "data_md5": result.data_md5,
-        "data_notes": notes,
-        "training_seconds": round(result.seconds, 1),
-        "history": result.history,
-        "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": "cpu",
-        "metrics": metrics,
-    }
+        normalisation={"mean": MNIST_MEAN, "std": MNIST_STD},
+        command=command,
+        config=dataclasses.asdict(config),
+        data_md5=result.data_md5,
+        data_counts={
+            "mnist_train": result.train_size - sum(result.extra_counts.values()),
+            "mnist_validation": config.val_size,
+            **result.extra_counts,
+        },
+        data_notes=notes,
+        training_seconds=round(result.seconds, 1),
+        history=result.history,
+        torch_version=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        device="cpu",
+        metrics=metrics,
+    )
     if model_card.plot_curve(result.history, out_dir / model_card.CURVE_PNG):
-        card["training_curve"] = model_card.CURVE_PNG
-    model_card.write_card(out_dir, card)
+        card.training_curve = model_card.CURVE_PNG
+    card.write(out_dir)
     return card
 
 
@@ -325,9 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_eval:
         from digit_predictor.ml.evaluate import evaluate_model
 
-        card["metrics"] = evaluate_model(result.model, data_dir, progress=True)
-        model_card.write_card(args.out_dir, card)
-    print(json.dumps({k: card[k] for k in ("version", "training_seconds")}, indent=2))
+        card.metrics = evaluate_model(result.model, data_dir, progress=True)
+        card.write(args.out_dir)
+    print(json.dumps({"version": card.version, "training_seconds": card.training_seconds}))
     print(f"wrote {args.out_dir / WEIGHTS_NAME} and its model card", file=sys.stderr)
     return 0
 

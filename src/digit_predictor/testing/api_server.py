@@ -1,4 +1,4 @@
-"""The api as a real uvicorn subprocess on a free loopback port, for tests and benchmarks.
+"""The api (`python -m digit_predictor.api`) as a real subprocess on a loopback port.
 
     with api_server(api_env(database_url, model_path)) as api:
         with api.client() as client:
@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,11 +145,11 @@ def start_api(
     *,
     ready_path: str = "/healthz",
     timeout_s: float = 60.0,
-    uvicorn_args: Sequence[str] = (),
     log_dir: str | os.PathLike[str] | None = None,
     port: int | None = None,
+    workers: int = 1,
 ) -> ApiServer:
-    """Start `uvicorn digit_predictor.api.main:app` on a loopback port and wait for it.
+    """Start `python -m digit_predictor.api` on a loopback port and wait for it.
 
     `port` pins the address (a restart "at the same place", as a container restart would);
     by default a free port is picked. The caller owns the result: call `cleanup()` (or use
@@ -163,21 +163,17 @@ def start_api(
         workdir = tempfile.TemporaryDirectory(prefix="digit-api-")
         log_path = Path(log_dir or workdir.name) / f"api-{time.time_ns()}.log"
         bind_port = port or free_port()
+        process_env = {
+            **full_env,
+            "API_HOST": "127.0.0.1",
+            "API_PORT": str(bind_port),
+            "API_WORKERS": str(workers),
+        }
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "digit_predictor.api.main:app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(bind_port),
-                    *uvicorn_args,
-                ],
+                [sys.executable, "-m", "digit_predictor.api"],
                 cwd=workdir.name,
-                env=full_env,
+                env=process_env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
@@ -186,7 +182,7 @@ def start_api(
             port=bind_port,
             process=process,
             log_path=log_path,
-            env=full_env,
+            env=process_env,
             _workdir=workdir,
         )
         try:

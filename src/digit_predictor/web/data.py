@@ -7,15 +7,11 @@ Plain functions of a `Database`: no Streamlit here. Every database failure comes
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import pandas as pd
-import psycopg2
 
 from digit_predictor.db import Database, DatabaseUnavailable, queries
 from digit_predictor.db.queries import Prediction, PredictionNotFound, Statistics
@@ -33,30 +29,14 @@ __all__ = [
     "save_feedback",
 ]
 
-T = TypeVar("T")
-
 HISTORY_COLUMNS = ["Drawing", "Time", "Predicted", "Confidence", "True digit", "Result", "ID"]
-
-
-@contextmanager
-def _database_errors() -> Iterator[None]:
-    """Report any psycopg2 failure (timeout, lost connection, missing table) as unavailable."""
-    try:
-        yield
-    except psycopg2.Error as exc:
-        raise DatabaseUnavailable(str(exc).strip() or type(exc).__name__) from exc
-
-
-def _run(fn: Callable[[], T]) -> T:
-    with _database_errors():
-        return fn()
 
 
 def save_feedback(db: Database, prediction_id: int, true_digit: int) -> Prediction:
     """Store the person's answer (a later one replaces it). Raises PredictionNotFound."""
     if not 0 <= true_digit <= 9:
         raise ValueError(f"a digit is 0..9, not {true_digit}")
-    return _run(lambda: queries.record_feedback(db, prediction_id, true_digit))
+    return queries.record_feedback(db, prediction_id, true_digit)
 
 
 @dataclass(frozen=True)
@@ -68,7 +48,7 @@ class HighScore:
 
 def high_score(db: Database, tz: ZoneInfo, now: datetime | None = None) -> HighScore | None:
     """The best confidence since local midnight in `tz`, or None when nothing was drawn today."""
-    best = _run(lambda: queries.high_score_today(db, tz, now))
+    best = queries.high_score_today(db, tz, now)
     if best is None:
         return None
     return HighScore(
@@ -122,18 +102,14 @@ def load_history(db: Database, tz: ZoneInfo, *, page: int, page_size: int) -> Hi
     """One page of predictions, newest first, with thumbnails."""
     if page_size < 1:
         raise ValueError("page_size must be positive")
-
-    def work() -> HistoryPage:
-        total = queries.count_predictions(db)
-        pages = max(1, math.ceil(total / page_size))
-        current = min(max(page, 1), pages)
-        rows = queries.recent_predictions(
-            db, limit=page_size, offset=(current - 1) * page_size, with_images=True
-        )
-        return HistoryPage(history_frame(rows, tz), total, current, pages, page_size)
-
-    return _run(work)
+    total = queries.count_predictions(db)
+    pages = max(1, math.ceil(total / page_size))
+    current = min(max(page, 1), pages)
+    rows = queries.recent_predictions(
+        db, limit=page_size, offset=(current - 1) * page_size, with_images=True
+    )
+    return HistoryPage(history_frame(rows, tz), total, current, pages, page_size)
 
 
 def load_statistics(db: Database, tz: ZoneInfo, *, days: int = 30) -> Statistics:
-    return _run(lambda: queries.statistics(db, tz, days=days))
+    return queries.statistics(db, tz, days=days)

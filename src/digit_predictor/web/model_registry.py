@@ -1,7 +1,7 @@
 """What the Models section shows: the registry's versions, the live one, and gate tables.
 
-Plain functions of a `Database`: no Streamlit here. Database failures come out as
-`DatabaseUnavailable`, like everything in `web.data`.
+Plain functions of a `Database`: no Streamlit here. The data layer reports every database
+failure as `DatabaseUnavailable`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import pandas as pd
 
 from digit_predictor.db import Database, registry
 from digit_predictor.db.registry import ModelRecord
-from digit_predictor.web.data import _run
 
 VERSION_COLUMNS = ["Version", "Status", "Created", "Promoted", "Parent", "Reason"]
 
@@ -28,7 +27,7 @@ class Models:
 
 
 def load_models(db: Database) -> Models:
-    return Models(_run(lambda: registry.list_models(db)))
+    return Models(registry.list_models(db))
 
 
 def versions_frame(models: Models) -> pd.DataFrame:

@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from digit_predictor.api.deps import DrainDep, MetricsDep, ServicesDep
 from digit_predictor.api.schemas import Health, Readiness
+from digit_predictor.db import DatabaseUnavailable
 
 router = APIRouter(tags=["operations"])
 
@@ -29,14 +30,12 @@ def readyz(services: ServicesDep, drain: DrainDep, response: Response) -> Readin
     if not model_loaded:
         reasons.append("model not loaded")
     try:
-        services.db.ping()
+        services.db.ping()  # the pool records the outcome: it owns the database_up gauge
         database_up = True
-        services.metrics.db_up.set(1)
-    except Exception as exc:
+    except DatabaseUnavailable as exc:
         database_up = False
-        services.metrics.db_up.set(0)
         reasons.append(f"database unavailable: {exc}")
-    queued = len(services.store.queue)
+    queued = services.store.queued
     ready = model_loaded and database_up and not drain.draining
     if not ready:
         response.status_code = 503

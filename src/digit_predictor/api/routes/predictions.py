@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 import uuid
 from collections.abc import Callable, Coroutine
@@ -10,22 +9,33 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Response, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response as StarletteResponse
 
-from digit_predictor.api.deps import DatabaseDep, ServicesDep
-from digit_predictor.api.errors import error_responses
+from digit_predictor.api.deps import (
+    DatabaseDep,
+    MetricsDep,
+    PredictorDep,
+    SettingsDep,
+    StoreDep,
+)
+from digit_predictor.api.errors import InvalidBody, error_responses
 from digit_predictor.api.logs import request_id_var
 from digit_predictor.api.schemas import (
+    ErrorResponse,
     Feedback,
     PredictionCreated,
     PredictionPage,
     PredictionRecord,
 )
-from digit_predictor.api.write_queue import QueueFull
+from digit_predictor.api.service import predict_and_store
+from digit_predictor.api.uploads import bad_drawings_refused, read_drawing
+from digit_predictor.api.writer import QueueFull
 from digit_predictor.db import queries
-from digit_predictor.ml.preprocess import EmptyDrawingError, InvalidImageError
+from digit_predictor.db.queries import PredictionNotFound
 
 log = logging.getLogger(__name__)
 
@@ -86,47 +96,28 @@ def create_prediction(
         UploadFile,
         File(description="the drawing, PNG or JPEG, at most 1 MiB and 2048x2048 pixels"),
     ],
-    services: ServicesDep,
+    predictor: PredictorDep,
+    store: StoreDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
     response: Response,
     source: Annotated[
         str | None,
         Form(max_length=64, pattern=SOURCE_PATTERN, description="who sent it, e.g. 'web'"),
     ] = None,
 ) -> PredictionCreated:
-    settings = services.settings
-    limit = settings.max_upload_bytes
-    data = image.file.read(limit + 1)
-    if len(data) > limit:
-        services.metrics.rejected_inputs.labels(reason="too_many_bytes").inc()
-        raise HTTPException(
-            status_code=413,
-            detail=f"too many bytes: the image is over the limit of {limit} bytes; "
-            "send a smaller image (a drawing is usually a few kB as PNG)",
-        )
+    data = read_drawing(image, limit=settings.max_upload_bytes, metrics=metrics)
     try:
-        outcome = services.predictor.predict(data)
-    except EmptyDrawingError as exc:
-        services.metrics.rejected_inputs.labels(reason="empty_drawing").inc()
-        raise HTTPException(status_code=422, detail=str(exc)) from exc
-    except InvalidImageError as exc:
-        services.metrics.rejected_inputs.labels(reason="invalid_image").inc()
-        raise HTTPException(status_code=422, detail=str(exc)) from exc
-    services.metrics.inference_latency.observe(outcome.latency_ms / 1000.0)
-
-    row = queries.NewPrediction(
-        predicted_digit=outcome.digit,
-        confidence=outcome.confidence,
-        probabilities=outcome.probabilities,
-        image_data=data,
-        model_version=outcome.model_version,
-        latency_ms=outcome.latency_ms,
-        source=source or None,
-        created_at=datetime.now(UTC),
-        # The request's id (also in its log line and X-Request-ID) identifies the row.
-        request_id=request_id_var.get() or uuid.uuid4(),
-    )
-    try:
-        stored = services.store.save(row)
+        with bad_drawings_refused(metrics):
+            stored = predict_and_store(
+                data,
+                source=source,
+                # The request's id (also in its log line and X-Request-ID) identifies the row.
+                request_id=request_id_var.get() or uuid.uuid4(),
+                predictor=predictor,
+                store=store,
+                metrics=metrics,
+            )
     except QueueFull as exc:
         raise HTTPException(
             status_code=503,
@@ -136,23 +127,23 @@ def create_prediction(
             ),
             headers={"Retry-After": "30"},
         ) from exc
-    services.metrics.predictions.labels(digit=str(outcome.digit)).inc()
-    if stored is None:
+    if stored.id is None:
         response.status_code = 202
     else:
         response.headers["Location"] = f"/v1/predictions/{stored.id}"
+    outcome, row = stored.outcome, stored.row
     return PredictionCreated(
-        id=stored.id if stored else None,
+        id=stored.id,
         request_id=row.request_id,
         digit=outcome.digit,
         confidence=outcome.confidence,
         probabilities=outcome.probabilities,
         model_version=row.model_version,
-        created_at=stored.created_at if stored else row.created_at or datetime.now(UTC),
+        created_at=row.created_at or datetime.now(UTC),
         latency_ms=outcome.latency_ms,
         source=row.source,
-        model_input_png=base64.b64encode(outcome.model_input_png()).decode("ascii"),
-        stored=stored is not None,
+        model_input_png=outcome.model_input_png_base64(),
+        stored=stored.id is not None,
     )
 
 
@@ -212,13 +203,63 @@ def get_image(prediction_id: PredictionId, db: DatabaseDep) -> Response:
     )
 
 
-@router.post(
+FEEDBACK_BODY = 'send JSON {"true_digit": N} with N an integer from 0 to 9'
+
+
+class FeedbackRoute(APIRoute):
+    """The feedback body is only `{"true_digit": N}`: whatever is wrong with it (not JSON,
+    missing, not an integer 0-9), the 422 says what to send."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, StarletteResponse]]:
+        handler = super().get_route_handler()
+
+        async def explain_body_errors(request: Request) -> StarletteResponse:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                raise InvalidBody(exc.errors(), FEEDBACK_BODY) from exc
+            except StarletteHTTPException as exc:
+                if exc.status_code != 400:  # 400: FastAPI could not parse the body at all
+                    raise
+                raise InvalidBody(
+                    [{"loc": ("body",), "msg": "not readable as JSON", "type": "json_invalid"}],
+                    FEEDBACK_BODY,
+                ) from exc
+
+        return explain_body_errors
+
+
+feedback_router = APIRouter(
+    prefix="/v1/predictions", tags=["predictions"], route_class=FeedbackRoute
+)
+
+
+@feedback_router.post(
     "/{prediction_id}/feedback",
     summary="Record the digit that was really drawn",
-    responses=error_responses(404, 422, 503),
+    responses={
+        404: {
+            "model": ErrorResponse,
+            "description": "No stored prediction with this id (a 202 answer has no id yet)",
+        },
+        422: {
+            "model": ErrorResponse,
+            "description": 'The body is not {"true_digit": N} with N an integer 0-9',
+        },
+        **error_responses(503),
+    },
 )
 def record_feedback(
-    prediction_id: PredictionId, feedback: Feedback, db: DatabaseDep
+    prediction_id: PredictionId, feedback: Feedback, store: StoreDep
 ) -> PredictionRecord:
-    row = queries.record_feedback(db, prediction_id, feedback.true_digit)
+    try:
+        row = store.record_feedback(prediction_id, feedback.true_digit)
+    except PredictionNotFound as exc:
+        raise HTTPException(
+            status_code=404,
+            detail=(
+                f"{exc}; use the id a 201 answer of POST /v1/predictions gave "
+                "(a 202 answer has none yet)"
+            ),
+        ) from exc
     return PredictionRecord.from_row(row)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
@@ -11,7 +10,8 @@ from digit_predictor.api.deps import MetricsDep, PredictorDep, SettingsDep
 from digit_predictor.api.errors import error_responses
 from digit_predictor.api.routes.predictions import MultipartRoute
 from digit_predictor.api.schemas import Preview
-from digit_predictor.api.uploads import predict_drawing, read_drawing
+from digit_predictor.api.service import predict
+from digit_predictor.api.uploads import bad_drawings_refused, read_drawing
 
 router = APIRouter(prefix="/v1/previews", tags=["previews"], route_class=MultipartRoute)
 
@@ -36,12 +36,13 @@ def create_preview(
     metrics: MetricsDep,
 ) -> Preview:
     data = read_drawing(image, limit=settings.max_upload_bytes, metrics=metrics)
-    outcome = predict_drawing(predictor, data, metrics=metrics)
+    with bad_drawings_refused(metrics):
+        outcome = predict(data, predictor=predictor, metrics=metrics)
     return Preview(
         digit=outcome.digit,
         confidence=outcome.confidence,
         probabilities=outcome.probabilities,
         model_version=outcome.model_version,  # the model that answered (it can swap)
         latency_ms=outcome.latency_ms,
-        model_input_png=base64.b64encode(outcome.model_input_png()).decode("ascii"),
+        model_input_png=outcome.model_input_png_base64(),
     )

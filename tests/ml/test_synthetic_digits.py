@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from digit_predictor.ml.canvas import (
+from digit_predictor.ml.data import load_split
+from digit_predictor.ml.evaluate import canvas_sets, plain_resize
+from digit_predictor.ml.preprocess import decode_image, preprocess_bytes
+from digit_predictor.ml.synthetic_digits import (
     TEMPLATES,
     ink_depth,
     pen_digit,
@@ -14,9 +17,6 @@ from digit_predictor.ml.canvas import (
     thin,
     to_png,
 )
-from digit_predictor.ml.data import load_split
-from digit_predictor.ml.evaluate import canvas_sets, plain_resize
-from digit_predictor.ml.preprocess import decode_image, preprocess_bytes
 
 from .conftest import centre_of_mass
 

@@ -1,4 +1,4 @@
-"""Synthetic canvas drawings: digits as a person would draw them on the app's 280x280 canvas.
+"""Synthetic digits as a person would draw them on the app's 280x280 canvas (a generator).
 
 Two kinds, both sent through a PNG round trip like the real app:
 - MNIST digits redrawn at a random size (30-90% of the height), off-centre, with thinner or

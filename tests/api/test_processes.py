@@ -1,0 +1,101 @@
+"""`python -m digit_predictor.api`: how many workers, and every worker flushes on shutdown."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from digit_predictor.api.__main__ import cgroup_cpu_limit, usable_cpus
+from digit_predictor.db import Database, queries
+from tests.api import drawings
+from tests.api.test_outage import database_down, post
+from tests.pg import PostgresServer
+from tests.servers import CLEAN_EXIT, api_env, api_server, wait_for
+
+
+def _files(tmp_path: Path, **contents: str) -> dict[str, Path]:
+    paths = {}
+    for name, text in contents.items():
+        paths[name] = tmp_path / name
+        paths[name].write_text(text)
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("max 100000\n", None), ("150000 100000\n", 1.5), ("200000 100000\n", 2.0)],
+)
+def test_cgroup_v2_quota_in_cpus(tmp_path: Path, cpu_max: str, expected: float | None) -> None:
+    f = _files(tmp_path, cpu_max=cpu_max)
+    missing = tmp_path / "missing"
+    assert cgroup_cpu_limit(f["cpu_max"], missing, missing) == expected
+
+
+def test_cgroup_v1_quota_in_cpus(tmp_path: Path) -> None:
+    f = _files(tmp_path, quota="50000\n", period="100000\n", unlimited="-1\n")
+    missing = tmp_path / "missing"
+    assert cgroup_cpu_limit(missing, f["quota"], f["period"]) == 0.5
+    assert cgroup_cpu_limit(missing, f["unlimited"], f["period"]) is None
+    assert cgroup_cpu_limit(missing, missing, missing) is None
+
+
+def test_usable_cpus_follows_affinity_and_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    import digit_predictor.api.__main__ as entry
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(entry, "cgroup_cpu_limit", lambda: None)
+    assert usable_cpus() == 4
+    monkeypatch.setattr(entry, "cgroup_cpu_limit", lambda: 1.5)  # a 1.5-CPU container
+    assert usable_cpus() == 2
+    monkeypatch.setattr(entry, "cgroup_cpu_limit", lambda: 0.25)
+    assert usable_cpus() == 1
+
+
+def test_graceful_stop_flushes_every_workers_queue(
+    pg_server: PostgresServer, database_url: str, model_path: Path, db: Database
+) -> None:
+    pg_server.require_control()
+    with api_server(api_env(database_url, model_path), workers=2) as api:
+        queued: list[httpx.Response] = []
+        with database_down(pg_server):
+            # A new connection per request: the kernel hands them to both workers.
+            for i in range(16):
+                with api.client() as client:
+                    queued.append(post(client, drawings.drawing_png(1, shift=(i, 0))))
+            assert [r.status_code for r in queued] == [202] * len(queued)
+        # The database is back; stop at once: each worker writes its own queue on the way out.
+        assert api.stop() in CLEAN_EXIT
+        records = api.log_records()
+    workers_with_queued_rows = {
+        r["pid"] for r in records if r.get("msg") == "request" and r.get("status") == 202
+    }
+    assert len(workers_with_queued_rows) == 2, "the load did not reach both workers"
+    stopped = {r["pid"] for r in records if r.get("msg") == "api stopped"}
+    assert workers_with_queued_rows <= stopped
+    assert not any("could not be written" in r.get("msg", "") for r in records)
+    stored = {str(r.request_id) for r in queries.recent_predictions(db, limit=100)}
+    assert stored == {r.json()["request_id"] for r in queued}
+
+
+def test_with_a_spool_a_worker_killed_during_an_outage_loses_nothing(
+    pg_server: PostgresServer, database_url: str, model_path: Path, db: Database, tmp_path: Path
+) -> None:
+    pg_server.require_control()
+    env = api_env(database_url, model_path, write_spool_dir=tmp_path / "spool")
+    with database_down(pg_server), api_server(env) as api:
+        with api.client() as client:
+            queued = [post(client, drawings.drawing_png(1, shift=(i, 0))) for i in range(5)]
+        assert [r.status_code for r in queued] == [202] * 5
+        api.kill()  # SIGKILL: no lifespan, no flush
+    assert list((tmp_path / "spool").glob("spool-*.sqlite"))  # the rows are on disk
+    # PostgreSQL is back; a new api with the same spool takes the dead worker's rows over.
+    with api_server(env) as api, api.client() as client:
+        wait_for(lambda: queries.count_predictions(db) == 5)
+        assert client.get("/readyz").json()["queued_writes"] == 0
+        api.stop()
+    stored = {str(r.request_id) for r in queries.recent_predictions(db, limit=100)}
+    assert stored == {r.json()["request_id"] for r in queued}
+    assert list((tmp_path / "spool").glob("spool-*")) == []  # written, then removed
