@@ -208,7 +208,7 @@ class Preview(BaseModel):
     digit: Digit
     confidence: Probability = Field(description="probability of the predicted digit")
     probabilities: Probabilities
-    model_version: str
+    model_version: str = Field(description="the model that answered (the champion can change)")
     latency_ms: float = Field(
         ge=0, description="time the api spent decoding, preprocessing and running the model"
     )
