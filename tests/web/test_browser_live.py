@@ -41,7 +41,9 @@ page = test_browser.page
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
-LIVE_P50_BUDGET_MS = 300.0
+LIVE_P50_BUDGET_MS = 300.0  # the issue's target
+# 4 rounds of every digit (20 strokes): a median of 10 moved by tens of ms on a shared machine.
+LIVE_ROUNDS = 4
 
 # Stroke end (mouse-up anywhere in the page; the canvas sends its drawing 200 ms later, its own
 # debounce) and when the answer for the expected stroke count is on the page: the "Live answer
@@ -153,7 +155,7 @@ def _live_scenario(stack: dict[str, Any], page: Any) -> None:
 
     timings: list[float] = []
     finals: dict[int, int] = {}
-    for _round in range(2):
+    for _round in range(LIVE_ROUNDS):
         for true_digit, strokes in DIGITS.items():
             _clear(page)
             for count, stroke in enumerate(strokes, start=1):
