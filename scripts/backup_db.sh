@@ -9,13 +9,18 @@
 #              libpq's PG* variables when that is unset.
 #   BACKUP_KEEP  how many dumps to keep, newest first (default 14: two weeks of daily dumps)
 #
+# After a good dump it runs `python -m digit_predictor.db prune-drawings`, which drops the
+# drawings of uncorrected predictions older than DRAWING_RETENTION_DAYS (the app's setting; off
+# when unset) and prints what it did; --compose runs it in a one-off container of the api image.
+# A failed prune makes the script exit 1 (the dump is kept).
+#
 # Each dump is PostgreSQL's custom format (`pg_restore --list` must read it back before it
 # counts), written under a temporary name and renamed when complete: a failed run leaves no
 # partial file and deletes no old dump. Restore with scripts/restore_db.sh. Credentials come
 # only from the environment (or the container's own); none is ever written to a file or argv.
 set -euo pipefail
 
-usage() { sed -n '2,16p' "$0" >&2; exit 2; }
+usage() { sed -n '2,20p' "$0" >&2; exit 2; }
 
 mode=local
 case "${1:-}" in
@@ -44,6 +49,16 @@ dump() {
         compose exec -T db sh -c 'exec pg_dump --format=custom -U "$POSTGRES_USER" -d "$POSTGRES_DB"'
     else
         pg_dump --format=custom ${DATABASE_URL:+--dbname="$DATABASE_URL"}
+    fi
+}
+# The drawing-retention job, with the app's own settings (from .env / the container's env).
+prune_drawings() {
+    if [ "$mode" = compose ]; then
+        compose run --rm --no-deps -T migrate python -m digit_predictor.db prune-drawings
+    else
+        local python=${PYTHON:-$repo/.venv/bin/python}
+        [ -x "$python" ] || python=python3
+        "$python" -m digit_predictor.db prune-drawings
     fi
 }
 list_archive() {
@@ -77,3 +92,9 @@ for file in "${old[@]}"; do
     rm -f -- "${dir:?}/$file"
     echo "removed old backup: $dir/$file"
 done
+
+# Only after a dump that reads back: a drawing is never dropped before it is in a backup.
+if ! prune_drawings; then
+    echo "prune-drawings failed (the backup itself is fine)" >&2
+    exit 1
+fi

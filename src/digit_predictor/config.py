@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     write_spool_dir: Path | None = None
 
     high_score_tz: str = "America/New_York"
+    # Drop the drawings (not the rows) of uncorrected predictions older than this many days,
+    # when `python -m digit_predictor.db prune-drawings` or the backup job runs. None: keep all.
+    drawing_retention_days: int | None = Field(default=None, ge=1)
     debug: bool = False
 
     @field_validator("high_score_tz")

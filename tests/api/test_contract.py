@@ -134,8 +134,54 @@ def test_list_is_newest_first_paged_and_without_images(client: httpx.Client) -> 
 
     rest = client.get("/v1/predictions", params={"limit": 3, "offset": 3}).json()
     assert [item["id"] for item in rest["items"]] == [ids[0]]
+    assert rest["next"] is None  # offset pages carry no cursor
     default = client.get("/v1/predictions").json()
     assert default["limit"] == 20 and len(default["items"]) == 4
+    assert default["next"] is None and default["before"] is None
+
+
+def test_list_pages_with_a_cursor(client: httpx.Client) -> None:
+    ids = [post_drawing(client, drawings.drawing_png(d)).json()["id"] for d in (0, 1, 4, 7, 1)]
+
+    first = client.get("/v1/predictions", params={"limit": 2}).json()
+    assert [item["id"] for item in first["items"]] == [ids[4], ids[3]]
+    assert first["next"] == ids[3] and first["total"] == 5
+    second = client.get("/v1/predictions", params={"limit": 2, "before": first["next"]}).json()
+    assert [item["id"] for item in second["items"]] == [ids[2], ids[1]]
+    assert second["before"] == ids[3] and second["offset"] == 0
+    last = client.get("/v1/predictions", params={"limit": 2, "before": second["next"]}).json()
+    assert [item["id"] for item in last["items"]] == [ids[0]]
+    assert last["next"] is None and last["total"] == 5
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "says"),
+    [
+        ({"before": 999_999}, 404, "start again without `before`"),
+        ({"before": 0}, 422, "before"),
+        ({"before": "abc"}, 422, "before"),
+        ({"before": 2**63}, 422, "before"),
+        ({"before": 1, "offset": 5}, 422, "either `before` or `offset`"),
+    ],
+)
+def test_a_bad_cursor_is_a_clear_4xx(
+    client: httpx.Client, params: dict[str, int | str], status: int, says: str
+) -> None:
+    post_drawing(client, drawings.drawing_png(4))
+    response = client.get("/v1/predictions", params=params)
+    assert response.status_code == status, response.text
+    assert says in response.text
+
+
+def test_a_dropped_drawing_answers_410_and_the_row_stays(
+    client: httpx.Client, db: Database
+) -> None:
+    created = post_drawing(client, drawings.drawing_png(7)).json()
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute("UPDATE predictions SET image_data = NULL WHERE id = %s", (created["id"],))
+    image = client.get(f"/v1/predictions/{created['id']}/image")
+    assert image.status_code == 410 and "retention" in image.json()["detail"]
+    assert client.get(f"/v1/predictions/{created['id']}").status_code == 200
 
 
 def test_one_prediction_and_its_image(client: httpx.Client) -> None:
@@ -206,6 +252,14 @@ def test_stats_and_high_score_after_a_few_predictions(client: httpx.Client) -> N
     assert stats["confusion"][other][second["digit"]] == 1
     assert sum(day["count"] for day in stats["per_day"]) == 5
     assert stats["time_zone"] == "America/New_York"
+    [version] = stats["per_version"]
+    assert (version["predictions"], version["feedback_count"], version["correct"]) == (5, 2, 1)
+    assert version["model_version"] == first["model_version"] and version["accuracy"] == 0.5
+    bins = stats["reliability"]
+    assert len(bins) == 15 and bins[0]["lower"] == 0 and bins[-1]["upper"] == 1
+    assert sum(b["feedback_count"] for b in bins) == 2
+    assert sum(b["correct"] for b in bins) == 1
+    assert 0 <= stats["expected_calibration_error"] <= 1
     assert stats["high_score_today"]["id"] == best["id"]
     assert stats["high_score_today"]["confidence"] == best["confidence"]
 

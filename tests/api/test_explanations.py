@@ -156,6 +156,18 @@ def test_bad_id_is_422(client: httpx.Client) -> None:
         assert response.status_code == 422, (bad, response.text)
 
 
+@pytest.mark.parametrize("suffix", ["", "/overlay"])
+def test_a_drawing_dropped_by_retention_is_410(
+    client: httpx.Client, db: Database, suffix: str
+) -> None:
+    served = predict(client, 7)
+    with db.connection() as conn, conn.cursor() as cur:  # what the prune command does to a row
+        cur.execute("UPDATE predictions SET image_data = NULL WHERE id = %s", (served["id"],))
+    response = client.get(f"/v1/predictions/{served['id']}/explanation{suffix}")
+    assert response.status_code == 410, response.text
+    assert queries.get_prediction(db, served["id"]).predicted_digit == served["digit"]
+
+
 def test_a_stored_drawing_that_no_longer_preprocesses_is_409(
     client: httpx.Client, db: Database
 ) -> None:

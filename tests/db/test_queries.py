@@ -6,6 +6,7 @@ import pytest
 
 from digit_predictor.db import Database
 from digit_predictor.db.queries import (
+    DrawingRemoved,
     NewPrediction,
     PredictionNotFound,
     count_predictions,
@@ -14,6 +15,7 @@ from digit_predictor.db.queries import (
     high_score_today,
     insert_prediction,
     local_day_window,
+    predictions_page,
     recent_predictions,
     record_feedback,
     statistics,
@@ -126,6 +128,44 @@ def test_recent_predictions_are_newest_first_with_paging(db: Database) -> None:
     with_images = recent_predictions(db, limit=1, with_images=True)
     assert with_images[0].image_data == b"png-4-0.9"
     assert count_predictions(db) == 5
+
+
+def test_keyset_pages_walk_every_row_once_newest_first(db: Database) -> None:
+    start = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    # Three rows share one time (a tie broken by id); one is written late with an old time,
+    # as a write queued during an outage is: it pages by its time, not by its id.
+    ids = [_add(db, digit=i % 10, at=start + timedelta(minutes=i // 3)) for i in range(10)]
+    late = _add(db, digit=0, at=start - timedelta(minutes=1))
+    expected = recent_predictions(db, limit=100)
+    assert expected[-1].id == late and expected[0].id == ids[-1]
+
+    seen: list[int] = []
+    before = None
+    for _ in range(10):
+        page = predictions_page(db, limit=3, before=before)
+        seen += [p.id for p in page.items]
+        assert all(p.image_data is None for p in page.items)
+        before = page.next_before
+        if before is None:
+            break
+    assert seen == [p.id for p in expected]
+    # Exactly a page's worth left: no cursor to an empty page.
+    assert predictions_page(db, limit=11).next_before is None
+    assert predictions_page(db, limit=10).next_before == expected[9].id
+    assert predictions_page(db, limit=1, with_images=True).items[0].image_data == b"png-9-0.9"
+    with pytest.raises(PredictionNotFound):
+        predictions_page(db, limit=3, before=99_999)
+
+
+def test_a_dropped_drawing_keeps_the_row(db: Database) -> None:
+    pid = _add(db, digit=4)
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute("UPDATE predictions SET image_data = NULL WHERE id = %s", (pid,))
+    with pytest.raises(DrawingRemoved, match="retention"):
+        get_image(db, pid)
+    assert get_prediction(db, pid).predicted_digit == 4
+    assert recent_predictions(db, limit=1, with_images=True)[0].image_data is None
+    assert count_predictions(db) == 1
 
 
 def test_day_window_follows_local_midnight_across_daylight_saving() -> None:

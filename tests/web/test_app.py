@@ -270,16 +270,33 @@ def test_history_lists_predictions_newest_first_and_pages(stub: StubApi, db: Dat
     assert frame.loc[0, "Result"] == "✓ right"
     assert "23 predictions, newest first · showing 1–20" in _texts(at)
 
-    at.pagination[0].set_value(2).run()
+    assert at.button(key="history-newer").disabled
+    at.button(key="history-older").click().run()
     assert at.dataframe[0].value["ID"].tolist() == list(reversed(ids))[20:]
-    assert "showing 21–23" in _texts(at)
+    assert "showing 21–23 · page 2 of 2" in _texts(at)
+    assert at.button(key="history-older").disabled  # the oldest page
+    at.button(key="history-newer").click().run()
+    assert at.dataframe[0].value["ID"].tolist()[:3] == [ids[-1], ids[-2], ids[-3]]
 
-    # Fewer, larger pages while on page 2: the last page that exists is shown.
+    # Larger pages start again from the newest rows.
+    at.button(key="history-older").click().run()
     at.selectbox(key="history_page_size").set_value(50).run()
     _no_failure(at)
     assert len(at.dataframe[0].value) == 23
     assert "showing 1–23" in _texts(at)
-    assert at.pagination[0].value == 1
+    assert at.button(key="history-older").disabled and at.button(key="history-newest").disabled
+
+
+def test_history_starts_again_when_its_cursor_row_is_deleted(stub: StubApi, db: Database) -> None:
+    ids = [_stored(db, d % 10, 0.5) for d in range(25)]
+    at = _app().run()
+    at.switch_page("views/history.py").run()
+    at.button(key="history-older").click().run()
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM predictions WHERE id = %s", (ids[5],))  # the cursor's row
+    at.run()
+    _no_failure(at)
+    assert at.dataframe[0].value["ID"].tolist()[0] == ids[-1]
 
 
 def test_history_and_statistics_of_an_empty_database(stub: StubApi, db: Database) -> None:
@@ -305,7 +322,9 @@ def test_statistics_show_totals_and_accuracy(stub: StubApi, db: Database) -> Non
         "Accuracy on feedback": "50.0%",
         "Mean confidence": "70.0%",
     }
-    assert len(at.get("vega_lite_chart")) == 3  # per digit, per day, confusion
+    # Per digit, per day, confusion, accuracy per model version, reliability.
+    assert len(at.get("vega_lite_chart")) == 5
+    assert "Expected calibration error: 40.0%." in _texts(at)
 
 
 def test_statistics_show_the_live_model_and_its_gate(stub: StubApi, db: Database) -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from digit_predictor.db.queries import DigitAccuracy
+from digit_predictor.db.queries import ConfidenceBin, DigitAccuracy, VersionAccuracy
 from digit_predictor.web import charts
 
 
@@ -47,3 +47,28 @@ def test_per_day_chart_fills_the_window_with_zeros() -> None:
     assert frame["label"].tolist()[-1] == "Nov 21"
     chart = charts.per_day_chart(per_day, days=5, today=date(2026, 11, 21))
     assert chart.to_dict()["mark"]["type"] == "bar"
+
+
+def test_version_chart_keeps_the_order_versions_went_live() -> None:
+    versions = [
+        VersionAccuracy("cnn-b", date(2026, 10, 1), date(2026, 10, 9), 50, 20, 15),
+        VersionAccuracy("cnn-a", date(2026, 10, 10), None, 30, 10, 9),
+        VersionAccuracy("cnn-c", date(2026, 10, 20), None, 5, 0, 0),  # no feedback yet
+    ]
+    frame = charts.version_frame(versions)
+    assert frame["version"].tolist() == ["cnn-b", "cnn-a"]
+    assert frame["accuracy"].tolist() == [0.75, 0.9]
+    spec = charts.version_accuracy_chart(versions).to_dict()
+    assert spec["layer"][0]["encoding"]["x"]["sort"] == ["cnn-b", "cnn-a"]
+
+
+def test_reliability_chart_has_a_bar_per_bin_with_feedback_and_the_diagonal() -> None:
+    bins = [ConfidenceBin(i, 0, 0, 0.0) for i in range(15)]
+    bins[14] = ConfidenceBin(14, 10, 9, 9.7)
+    bins[9] = ConfidenceBin(9, 4, 1, 2.5)
+    frame = charts.reliability_frame(bins)
+    assert frame["bin"].tolist() == ["60%–67%", "93%–100%"]
+    assert frame["accuracy"].tolist() == [0.25, 0.9]
+    assert frame["confidence"].tolist() == [0.625, 0.97]
+    spec = charts.reliability_chart(bins).to_dict()
+    assert [layer["mark"]["type"] for layer in spec["layer"]] == ["bar", "line"]

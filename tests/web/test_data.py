@@ -62,7 +62,7 @@ def test_history_pages_newest_first_with_thumbnails(db: Database) -> None:
     data.save_feedback(db, ids[-1], 4)  # the newest (a 4) was right
     data.save_feedback(db, ids[-2], 9)  # the one before (a 3) was a 9
 
-    first = data.load_history(db, TZ, page=1, page_size=10)
+    first = data.load_history(db, TZ, page_size=10)
     assert (first.total, first.pages, first.page) == (25, 3, 1)
     assert (first.first_row, first.last_row) == (1, 10)
     frame = first.frame
@@ -73,17 +73,38 @@ def test_history_pages_newest_first_with_thumbnails(db: Database) -> None:
     assert frame.loc[2, "Result"] == "no answer yet" and frame.loc[2, "True digit"] == ""
     assert frame.loc[0, "Time"] == "2026-11-20 07:24:00"  # 12:24 UTC in New York
     assert all(str(uri).startswith("data:image/png;base64,") for uri in frame["Drawing"])
+    assert first.next_before == ids[15]
 
-    last = data.load_history(db, TZ, page=3, page_size=10)
+    # Walking the cursors reaches every row once, the last page with no cursor onwards.
+    second = data.load_history(db, TZ, page_size=10, before=first.next_before, page=2)
+    assert second.frame["ID"].tolist() == list(reversed(ids))[10:20]
+    assert second.next_before is not None
+    last = data.load_history(db, TZ, page_size=10, before=second.next_before, page=3)
     assert last.frame["ID"].tolist() == list(reversed(ids))[20:]
-    assert (last.first_row, last.last_row) == (21, 25)
-    beyond = data.load_history(db, TZ, page=99, page_size=10)
-    assert beyond.page == 3  # clamped: a page that no longer exists shows the last one
+    assert (last.first_row, last.last_row, last.next_before) == (21, 25, None)
+
+
+def test_history_of_a_row_whose_drawing_was_dropped(db: Database) -> None:
+    pid = _add(db, 7, 0.8)
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute("UPDATE predictions SET image_data = NULL WHERE id = %s", (pid,))
+    page = data.load_history(db, TZ, page_size=10)
+    assert page.frame["ID"].tolist() == [pid]
+    assert page.frame.loc[0, "Drawing"] is None
+
+
+def test_history_from_a_deleted_cursor_row_says_not_found(db: Database) -> None:
+    ids = [_add(db, 1, 0.9) for _ in range(3)]
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM predictions WHERE id = %s", (ids[1],))
+    with pytest.raises(data.PredictionNotFound):
+        data.load_history(db, TZ, page_size=10, before=ids[1])
 
 
 def test_history_of_an_empty_database(db: Database) -> None:
-    page = data.load_history(db, TZ, page=1, page_size=20)
+    page = data.load_history(db, TZ, page_size=20)
     assert (page.total, page.pages, page.first_row, len(page.frame)) == (0, 1, 0, 0)
+    assert page.next_before is None
 
 
 def test_high_score_is_todays_best_in_the_time_zone(db: Database) -> None:
@@ -109,12 +130,21 @@ def test_statistics_count_feedback(db: Database) -> None:
     assert stats.confusion[1][1] == 1 and stats.confusion[1][7] == 1
     assert sum(n for _, n in stats.per_day) == 3
     assert c  # the third has no feedback and counts only in the totals
+    [version] = stats.per_version
+    assert (version.model_version, version.predictions, version.feedback_count) == ("test", 3, 2)
+    assert version.accuracy == 0.5
+    # 0.9 falls in the bin [0.8667, 0.9333), 0.8 in [0.8, 0.8667): one right, one wrong.
+    answered = {
+        b.index: (b.feedback_count, b.correct) for b in stats.reliability if b.feedback_count
+    }
+    assert answered == {13: (1, 1), 12: (1, 0)}
+    assert stats.expected_calibration_error == pytest.approx((0.1 + 0.8) / 2)
 
 
 def test_an_unreachable_database_is_unavailable_everywhere(pg_server: PostgresServer) -> None:
     db = Database("postgresql://digits@127.0.0.1:1/none", connect_timeout_s=1)
     calls: list[Callable[[], object]] = [
-        lambda: data.load_history(db, TZ, page=1, page_size=10),
+        lambda: data.load_history(db, TZ, page_size=10),
         lambda: data.load_statistics(db, TZ),
         lambda: data.high_score(db, TZ),
         lambda: data.save_feedback(db, 1, 3),
@@ -128,7 +158,7 @@ def test_a_database_without_the_table_is_unavailable(make_database: Callable[[],
     db = Database(make_database())  # never migrated: the query itself fails
     try:
         with pytest.raises(data.DatabaseUnavailable, match="predictions"):
-            data.load_history(db, TZ, page=1, page_size=10)
+            data.load_history(db, TZ, page_size=10)
     finally:
         db.close()
 
@@ -137,11 +167,11 @@ def test_history_comes_back_after_a_database_restart(
     db: Database, pg_server: PostgresServer
 ) -> None:
     _add(db, 1, 0.9)
-    assert data.load_history(db, TZ, page=1, page_size=10).total == 1
+    assert data.load_history(db, TZ, page_size=10).total == 1
     pg_server.stop()
     try:
         with pytest.raises(data.DatabaseUnavailable):
-            data.load_history(db, TZ, page=1, page_size=10)
+            data.load_history(db, TZ, page_size=10)
     finally:
         pg_server.start()
-    assert data.load_history(db, TZ, page=1, page_size=10).total == 1
+    assert data.load_history(db, TZ, page_size=10).total == 1

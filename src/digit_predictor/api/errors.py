@@ -41,6 +41,7 @@ DESCRIPTIONS = {
     401: "Missing or wrong X-API-Key (only when the api runs with API_KEY set)",
     404: "No prediction with this id",
     408: "The request body did not arrive in time",
+    410: "The drawing was removed by the retention policy; the prediction is kept",
     413: "Too many bytes",
     415: "Wrong content type",
     422: "Invalid input; `detail` says which field and why",

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from digit_predictor.db.queries import Prediction, Statistics
+from digit_predictor.db.queries import CONFIDENCE_BINS, Prediction, Statistics
 from digit_predictor.db.registry import ModelRecord
 
 Digit = Annotated[int, Field(ge=0, le=9)]
@@ -84,7 +84,17 @@ class PredictionRecord(BaseModel):
 class PredictionPage(BaseModel):
     items: list[PredictionRecord] = Field(description="newest first, without image bytes")
     limit: int
-    offset: int
+    offset: int = Field(description="rows skipped (0 when paging with `before`)")
+    before: int | None = Field(
+        default=None, description="the cursor this page was asked with: rows older than this id"
+    )
+    next: int | None = Field(
+        default=None,
+        description=(
+            "cursor for the next, older page: pass it as `before`; null on the last page "
+            "(and with `offset`)"
+        ),
+    )
     total: int = Field(description="number of stored predictions")
 
 
@@ -106,6 +116,25 @@ class DayCount(BaseModel):
     count: int
 
 
+class VersionStats(BaseModel):
+    model_version: str
+    first_day: date | None = Field(description="first local day it answered, in `time_zone`")
+    last_day: date | None = Field(description="last local day it answered")
+    predictions: int
+    feedback_count: int
+    correct: int
+    accuracy: float | None = Field(description="on its predictions with feedback")
+
+
+class ConfidenceBinStats(BaseModel):
+    lower: float = Field(description="the bin is [lower, upper); the last includes 1")
+    upper: float
+    feedback_count: int = Field(description="predictions with feedback in this bin")
+    correct: int
+    accuracy: float | None
+    mean_confidence: float | None
+
+
 class Stats(BaseModel):
     total_predictions: int
     feedback_count: int
@@ -115,6 +144,15 @@ class Stats(BaseModel):
     per_digit: list[DigitStats] = Field(description="by the true digit, 0..9")
     confusion: list[list[int]] = Field(description="confusion[true][predicted]")
     per_day: list[DayCount] = Field(description="local days in `time_zone`, oldest first")
+    per_version: list[VersionStats] = Field(
+        description="accuracy on feedback per model version, the first to answer first"
+    )
+    reliability: list[ConfidenceBinStats] = Field(
+        description=f"{CONFIDENCE_BINS} equal confidence bins over the predictions with feedback"
+    )
+    expected_calibration_error: float | None = Field(
+        description="mean |accuracy - confidence| over the bins, weighted by their counts"
+    )
     time_zone: str
     high_score_today: PredictionRecord | None = Field(
         description="most confident prediction since local midnight in `time_zone`"
@@ -139,6 +177,30 @@ class Stats(BaseModel):
             ],
             confusion=stats.confusion,
             per_day=[DayCount(day=day, count=count) for day, count in stats.per_day],
+            per_version=[
+                VersionStats(
+                    model_version=v.model_version,
+                    first_day=v.first_day,
+                    last_day=v.last_day,
+                    predictions=v.predictions,
+                    feedback_count=v.feedback_count,
+                    correct=v.correct,
+                    accuracy=v.accuracy,
+                )
+                for v in stats.per_version
+            ],
+            reliability=[
+                ConfidenceBinStats(
+                    lower=b.lower,
+                    upper=b.upper,
+                    feedback_count=b.feedback_count,
+                    correct=b.correct,
+                    accuracy=b.accuracy,
+                    mean_confidence=b.mean_confidence,
+                )
+                for b in stats.reliability
+            ],
+            expected_calibration_error=stats.expected_calibration_error,
             time_zone=time_zone,
             high_score_today=PredictionRecord.from_row(high) if high else None,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -14,6 +15,10 @@ import psycopg2.extras
 from digit_predictor.db.pool import Database
 
 psycopg2.extras.register_uuid()  # type: ignore[no-untyped-call]
+log = logging.getLogger(__name__)
+
+# Must match confidence_bin() in migration 0003 (15 equal bins, as for the ECE in the card).
+CONFIDENCE_BINS = 15
 
 # Columns of a prediction without the image bytes, which only some callers need.
 _COLUMNS = (
@@ -25,6 +30,17 @@ _COLUMNS = (
 class PredictionNotFound(LookupError):
     def __init__(self, prediction_id: int) -> None:
         super().__init__(f"no prediction with id {prediction_id}")
+        self.prediction_id = prediction_id
+
+
+class DrawingRemoved(LookupError):
+    """The row is kept but its drawing was dropped by the retention job (prune-drawings)."""
+
+    def __init__(self, prediction_id: int) -> None:
+        super().__init__(
+            f"the drawing of prediction {prediction_id} was removed by the retention policy "
+            "(DRAWING_RETENTION_DAYS); the prediction itself is kept"
+        )
         self.prediction_id = prediction_id
 
 
@@ -91,6 +107,48 @@ class DigitAccuracy:
 
 
 @dataclass(frozen=True)
+class VersionAccuracy:
+    """How one model version did on the predictions people answered."""
+
+    model_version: str
+    first_day: date | None  # local days on which it answered (from the daily roll-up)
+    last_day: date | None
+    predictions: int
+    feedback_count: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.feedback_count if self.feedback_count else None
+
+
+@dataclass(frozen=True)
+class ConfidenceBin:
+    """One of CONFIDENCE_BINS equal bins of confidence, over the predictions with feedback."""
+
+    index: int
+    feedback_count: int
+    correct: int
+    confidence_sum: float
+
+    @property
+    def lower(self) -> float:
+        return self.index / CONFIDENCE_BINS
+
+    @property
+    def upper(self) -> float:
+        return (self.index + 1) / CONFIDENCE_BINS
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.feedback_count if self.feedback_count else None
+
+    @property
+    def mean_confidence(self) -> float | None:
+        return self.confidence_sum / self.feedback_count if self.feedback_count else None
+
+
+@dataclass(frozen=True)
 class Statistics:
     total_predictions: int
     feedback_count: int
@@ -99,14 +157,30 @@ class Statistics:
     per_digit: list[DigitAccuracy]  # by the true digit, 0..9
     confusion: list[list[int]]  # confusion[true][predicted]
     per_day: list[tuple[date, int]]  # local days in the high-score time zone, oldest first
+    per_version: list[VersionAccuracy] = field(default_factory=list)  # first answered, first
+    reliability: list[ConfidenceBin] = field(default_factory=list)  # CONFIDENCE_BINS bins
 
     @property
     def accuracy(self) -> float | None:
         return self.correct_count / self.feedback_count if self.feedback_count else None
 
+    @property
+    def expected_calibration_error(self) -> float | None:
+        """Mean |accuracy - confidence| over the bins, weighted by their feedback counts."""
+        if not self.feedback_count:
+            return None
+        gap = sum(abs(b.correct - b.confidence_sum) for b in self.reliability)
+        return gap / self.feedback_count
+
+
+@dataclass(frozen=True)
+class PredictionPage:
+    items: list[Prediction]
+    next_before: int | None  # pass as `before` for the next (older) page; None on the last
+
 
 def _prediction(row: Sequence[Any], *, with_image: bool = False) -> Prediction:
-    image = bytes(row[11]) if with_image else None
+    image = bytes(row[11]) if with_image and row[11] is not None else None
     return Prediction(
         id=row[0],
         request_id=row[1],
@@ -186,13 +260,17 @@ def get_image(db: Database, prediction_id: int) -> bytes:
         row = cur.fetchone()
     if row is None:
         raise PredictionNotFound(prediction_id)
+    if row[0] is None:
+        raise DrawingRemoved(prediction_id)
     return bytes(row[0])
 
 
 def recent_predictions(
     db: Database, *, limit: int = 20, offset: int = 0, with_images: bool = False
 ) -> list[Prediction]:
-    """Newest first. Images only when asked for: they are the bulk of each row."""
+    """Newest first, skipping `offset` rows. Images only when asked for: they are the bulk of
+    each row. Slow far from the newest rows (PostgreSQL walks every skipped row): page with
+    `predictions_page` instead."""
     columns = _COLUMNS + (", image_data" if with_images else "")
     with db.connection() as conn, conn.cursor() as cur:
         cur.execute(
@@ -204,9 +282,44 @@ def recent_predictions(
     return [_prediction(row, with_image=with_images) for row in rows]
 
 
-def count_predictions(db: Database) -> int:
+def predictions_page(
+    db: Database, *, limit: int = 20, before: int | None = None, with_images: bool = False
+) -> PredictionPage:
+    """The `limit` newest predictions older than the one with id `before` (newest first).
+
+    Keyset pagination on the (created_at, id) index: as fast near the oldest rows as on the
+    first page. "Older" is by creation time (a row queued during an outage keeps its time);
+    raises PredictionNotFound when `before` names no row.
+    """
+    columns = _COLUMNS + (", image_data" if with_images else "")
     with db.connection() as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM predictions")
+        if before is None:
+            cur.execute(
+                f"""SELECT {columns} FROM predictions
+                    ORDER BY created_at DESC, id DESC LIMIT %s""",
+                (limit + 1,),
+            )
+        else:
+            cur.execute("SELECT created_at FROM predictions WHERE id = %s", (before,))
+            anchor = cur.fetchone()
+            if anchor is None:
+                raise PredictionNotFound(before)
+            cur.execute(
+                f"""SELECT {columns} FROM predictions
+                    WHERE (created_at, id) < (%s, %s)
+                    ORDER BY created_at DESC, id DESC LIMIT %s""",
+                (anchor[0], before, limit + 1),
+            )
+        rows = cur.fetchall()
+    items = [_prediction(row, with_image=with_images) for row in rows[:limit]]
+    # One row more than asked says whether an older page exists, without counting.
+    return PredictionPage(items, items[-1].id if len(rows) > limit else None)
+
+
+def count_predictions(db: Database) -> int:
+    """Stored predictions, from the roll-up (exact; a full count(*) would scan the table)."""
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT coalesce(sum(n), 0) FROM prediction_totals")
         row = cur.fetchone()
     assert row is not None
     return int(row[0])
@@ -239,42 +352,123 @@ def high_score_today(db: Database, tz: ZoneInfo, now: datetime | None = None) ->
     return _prediction(row) if row else None
 
 
+def rollup_time_zone(db: Database) -> str:
+    """The time zone the daily roll-up's days are in (see `sync_rollup_time_zone`)."""
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT time_zone FROM rollup_settings")
+        row = cur.fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def statistics(db: Database, tz: ZoneInfo, *, days: int = 30) -> Statistics:
-    """Totals, accuracy on corrected predictions, confusion counts and a per-day series."""
+    """Totals, accuracy on feedback, confusion counts, per model version, reliability bins and
+    a per-day series, all read from the roll-ups (a few hundred rows, whatever the table size).
+    """
+    first_day = datetime.now(tz).date() - timedelta(days=days - 1)
     with db.connection() as conn, conn.cursor() as cur:
         cur.execute(
-            """SELECT count(*), count(true_digit),
-                      count(*) FILTER (WHERE true_digit = predicted_digit), avg(confidence)
-               FROM predictions"""
+            # Summed exactly as numeric, read as float (a Decimal per row costs more).
+            """SELECT model_version, predicted_digit, true_digit, confidence_bin, n,
+                      confidence_sum::float8
+               FROM prediction_totals WHERE n <> 0"""
         )
-        totals = cur.fetchone()
-        assert totals is not None
-        cur.execute(
-            """SELECT true_digit, predicted_digit, count(*) FROM predictions
-               WHERE true_digit IS NOT NULL GROUP BY 1, 2"""
-        )
-        pairs = cur.fetchall()
-        first_day = datetime.now(tz).date() - timedelta(days=days - 1)
-        cur.execute(
-            """SELECT (created_at AT TIME ZONE %s)::date AS day, count(*) FROM predictions
-               WHERE created_at >= %s GROUP BY 1 ORDER BY 1""",
-            (tz.key, datetime.combine(first_day, time(0), tzinfo=tz)),
-        )
+        totals = cur.fetchall()
+        cur.execute("SELECT time_zone FROM rollup_settings")
+        zone_row = cur.fetchone()
+        assert zone_row is not None
+        if zone_row[0] == tz.key:
+            cur.execute(
+                """SELECT day, sum(n) FROM prediction_daily WHERE day >= %s
+                   GROUP BY day HAVING sum(n) <> 0 ORDER BY day""",
+                (first_day,),
+            )
+        else:
+            # The roll-up's days are in another zone until `migrate` rebuilds it: count the
+            # window from the table (an index range, slower but right) and say so.
+            log.warning(
+                "daily roll-up is in %s, statistics asked for %s: run "
+                "`python -m digit_predictor.db migrate` to rebuild it",
+                zone_row[0],
+                tz.key,
+            )
+            cur.execute(
+                """SELECT (created_at AT TIME ZONE %s)::date AS day, count(*) FROM predictions
+                   WHERE created_at >= %s GROUP BY 1 ORDER BY 1""",
+                (tz.key, datetime.combine(first_day, time(0), tzinfo=tz)),
+            )
         per_day = [(row[0], int(row[1])) for row in cur.fetchall()]
+        versions = sorted({row[0] for row in totals})
+        spans: dict[str, tuple[date | None, date | None]] = {}
+        for version in versions:
+            # Two index probes each on (model_version, day): no scan of the daily roll-up.
+            cur.execute(
+                """SELECT (SELECT min(day) FROM prediction_daily
+                           WHERE model_version = %(v)s AND n <> 0),
+                          (SELECT max(day) FROM prediction_daily
+                           WHERE model_version = %(v)s AND n <> 0)""",
+                {"v": version},
+            )
+            span = cur.fetchone()
+            assert span is not None
+            spans[version] = (span[0], span[1])
+    return _summarise(totals, per_day, spans)
 
+
+def _summarise(
+    totals: Sequence[Sequence[Any]],
+    per_day: list[tuple[date, int]],
+    spans: dict[str, tuple[date | None, date | None]],
+) -> Statistics:
     confusion = [[0] * 10 for _ in range(10)]
-    for true_digit, predicted_digit, count in pairs:
-        confusion[true_digit][predicted_digit] = int(count)
+    bins = [[0, 0, 0.0] for _ in range(CONFIDENCE_BINS)]  # answered, correct, confidence sum
+    by_version: dict[str, list[int]] = {}  # predictions, answered, correct
+    total = 0
+    confidence_sum = 0.0
+    for version, predicted, true, bin_index, n, conf_sum in totals:
+        count = int(n)
+        total += count
+        confidence_sum += float(conf_sum)
+        counts = by_version.setdefault(version, [0, 0, 0])
+        counts[0] += count
+        if true is None:
+            continue
+        confusion[true][predicted] += count
+        counts[1] += count
+        bins[bin_index][0] += count
+        bins[bin_index][2] += float(conf_sum)
+        if true == predicted:
+            counts[2] += count
+            bins[bin_index][1] += count
     per_digit = [
         DigitAccuracy(digit=d, feedback_count=sum(confusion[d]), correct=confusion[d][d])
         for d in range(10)
     ]
+    feedback = sum(sum(row) for row in confusion)
+    per_version = [
+        VersionAccuracy(
+            model_version=version,
+            first_day=spans.get(version, (None, None))[0],
+            last_day=spans.get(version, (None, None))[1],
+            predictions=counts[0],
+            feedback_count=counts[1],
+            correct=counts[2],
+        )
+        for version, counts in by_version.items()
+        if counts[0]
+    ]
+    per_version.sort(key=lambda v: (v.first_day or date.max, v.model_version))
     return Statistics(
-        total_predictions=int(totals[0]),
-        feedback_count=int(totals[1]),
-        correct_count=int(totals[2]),
-        mean_confidence=float(totals[3]) if totals[3] is not None else None,
+        total_predictions=total,
+        feedback_count=feedback,
+        correct_count=sum(confusion[d][d] for d in range(10)),
+        mean_confidence=confidence_sum / total if total else None,
         per_digit=per_digit,
         confusion=confusion,
         per_day=per_day,
+        per_version=per_version,
+        reliability=[
+            ConfidenceBin(index=i, feedback_count=int(b[0]), correct=int(b[1]), confidence_sum=b[2])
+            for i, b in enumerate(bins)
+        ],
     )

@@ -8,7 +8,7 @@ from datetime import date, timedelta
 import altair as alt
 import pandas as pd
 
-from digit_predictor.db.queries import DigitAccuracy
+from digit_predictor.db.queries import ConfidenceBin, DigitAccuracy, VersionAccuracy
 
 ACCENT = "#ff4b4b"
 MUTED = "#8a8f98"
@@ -162,3 +162,99 @@ def per_day_chart(per_day: Sequence[tuple[date, int]], *, days: int, today: date
         )
     )
     return chart
+
+
+def version_frame(per_version: Sequence[VersionAccuracy]) -> pd.DataFrame:
+    """One row per model version with feedback, in the order they first answered."""
+    return pd.DataFrame(
+        [
+            {
+                "version": v.model_version,
+                "accuracy": v.accuracy,
+                "answers": v.feedback_count,
+                "correct": v.correct,
+                "predictions": v.predictions,
+                "first day": "" if v.first_day is None else v.first_day.isoformat(),
+            }
+            for v in per_version
+            if v.feedback_count
+        ],
+        columns=["version", "accuracy", "answers", "correct", "predictions", "first day"],
+    )
+
+
+def version_accuracy_chart(per_version: Sequence[VersionAccuracy]) -> alt.LayerChart:
+    """Accuracy on feedback per model version, oldest version left: the model improving."""
+    frame = version_frame(per_version)
+    order = frame["version"].tolist()
+    base = alt.Chart(frame, height=220).encode(
+        x=alt.X("version:N", title="model version", sort=order, axis=alt.Axis(labelAngle=0)),
+        y=alt.Y(
+            "accuracy:Q",
+            title="accuracy on feedback",
+            scale=alt.Scale(domain=[0, 1]),
+            axis=alt.Axis(format="%"),
+        ),
+        tooltip=[
+            "version:N",
+            alt.Tooltip("accuracy:Q", format=".1%"),
+            "correct:Q",
+            "answers:Q",
+            "predictions:Q",
+            "first day:N",
+        ],
+    )
+    bars = base.mark_bar(color=ACCENT)
+    labels = base.mark_text(dy=-8).encode(text=alt.Text("accuracy:Q", format=".1%"))
+    return alt.LayerChart(layer=[bars, labels])
+
+
+def reliability_frame(bins: Sequence[ConfidenceBin]) -> pd.DataFrame:
+    """The confidence bins that hold feedback: what the model said vs how often it was right."""
+    return pd.DataFrame(
+        [
+            {
+                "bin": f"{b.lower:.0%}–{b.upper:.0%}",
+                "lower": b.lower,
+                "upper": b.upper,
+                "middle": (b.lower + b.upper) / 2,
+                "accuracy": b.accuracy,
+                "confidence": b.mean_confidence,
+                "answers": b.feedback_count,
+            }
+            for b in bins
+            if b.feedback_count
+        ],
+        columns=["bin", "lower", "upper", "middle", "accuracy", "confidence", "answers"],
+    )
+
+
+def reliability_chart(bins: Sequence[ConfidenceBin]) -> alt.LayerChart:
+    """Reliability diagram: a bar per confidence bin at its accuracy; on the diagonal when the
+    confidence means what it says, below it when the model is over-confident."""
+    frame = reliability_frame(bins)
+    scale = alt.Scale(domain=[0, 1])
+    x = alt.X("lower:Q", title="confidence the model gave", scale=scale, axis=alt.Axis(format="%"))
+    bars = (
+        alt.Chart(frame, height=260)
+        .mark_bar(color=ACCENT, opacity=0.85)
+        .encode(
+            x=x,
+            x2="upper:Q",
+            y=alt.Y(
+                "accuracy:Q", title="share right (feedback)", scale=scale, axis=alt.Axis(format="%")
+            ),
+            tooltip=[
+                alt.Tooltip("bin:N", title="confidence bin"),
+                alt.Tooltip("confidence:Q", format=".1%", title="mean confidence"),
+                alt.Tooltip("accuracy:Q", format=".1%", title="share right"),
+                "answers:Q",
+            ],
+        )
+    )
+    diagonal = (
+        alt.Chart(pd.DataFrame({"p": [0.0, 1.0]}))
+        .mark_line(color=MUTED, strokeDash=[4, 4])
+        .encode(x=alt.X("p:Q", scale=scale), y=alt.Y("p:Q", scale=scale))
+    )
+    return alt.LayerChart(layer=[bars, diagonal])

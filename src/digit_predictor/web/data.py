@@ -61,18 +61,23 @@ def high_score(db: Database, tz: ZoneInfo, now: datetime | None = None) -> HighS
 @dataclass(frozen=True)
 class HistoryPage:
     frame: pd.DataFrame
-    total: int
-    page: int  # 1-based, clamped to the pages there are
-    pages: int
+    total: int  # every stored prediction, from the statistics roll-up
+    page: int  # 1-based: how many pages from the newest
     page_size: int
+    before: int | None  # the cursor this page was read with (None: the newest rows)
+    next_before: int | None  # cursor of the next, older page; None on the last
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.total / self.page_size))
 
     @property
     def first_row(self) -> int:
-        return 0 if self.total == 0 else (self.page - 1) * self.page_size + 1
+        return 0 if self.frame.empty else (self.page - 1) * self.page_size + 1
 
     @property
     def last_row(self) -> int:
-        return min(self.page * self.page_size, self.total)
+        return 0 if self.frame.empty else (self.page - 1) * self.page_size + len(self.frame)
 
 
 def result_label(prediction: Prediction) -> str:
@@ -98,17 +103,30 @@ def history_frame(predictions: list[Prediction], tz: ZoneInfo) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 
-def load_history(db: Database, tz: ZoneInfo, *, page: int, page_size: int) -> HistoryPage:
-    """One page of predictions, newest first, with thumbnails."""
+def load_history(
+    db: Database,
+    tz: ZoneInfo,
+    *,
+    page_size: int,
+    before: int | None = None,
+    page: int = 1,
+) -> HistoryPage:
+    """One page of predictions with thumbnails: the newest, or those older than `before`.
+
+    Keyset paging: a page near the oldest rows costs what the first one does. `page` only
+    numbers the rows shown. Raises PredictionNotFound when the `before` row is gone.
+    """
     if page_size < 1:
         raise ValueError("page_size must be positive")
-    total = queries.count_predictions(db)
-    pages = max(1, math.ceil(total / page_size))
-    current = min(max(page, 1), pages)
-    rows = queries.recent_predictions(
-        db, limit=page_size, offset=(current - 1) * page_size, with_images=True
+    rows = queries.predictions_page(db, limit=page_size, before=before, with_images=True)
+    return HistoryPage(
+        frame=history_frame(rows.items, tz),
+        total=queries.count_predictions(db),
+        page=max(page, 1),
+        page_size=page_size,
+        before=before,
+        next_before=rows.next_before,
     )
-    return HistoryPage(history_frame(rows, tz), total, current, pages, page_size)
 
 
 def load_statistics(db: Database, tz: ZoneInfo, *, days: int = 30) -> Statistics:

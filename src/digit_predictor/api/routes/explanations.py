@@ -16,6 +16,7 @@ from digit_predictor.api.errors import error_responses
 from digit_predictor.api.explainer import DrawingUnreadable, ExplainedPrediction, explain_prediction
 from digit_predictor.api.routes.predictions import PredictionId
 from digit_predictor.api.schemas import ErrorResponse, Explanation
+from digit_predictor.db import queries
 from digit_predictor.ml import explain
 
 router = APIRouter(prefix="/v1/predictions", tags=["explanations"])
@@ -38,7 +39,7 @@ ScaleQuery = Annotated[
 ]
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    **error_responses(404, 422, 503),
+    **error_responses(404, 410, 422, 503),
     409: {
         "model": ErrorResponse,
         "description": "The stored drawing no longer passes preprocessing; it cannot be explained",
@@ -59,6 +60,8 @@ def _explain(
         )
     except DrawingUnreadable as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
+    except queries.DrawingRemoved as exc:  # the retention policy dropped it; nothing to explain
+        raise HTTPException(status_code=410, detail=str(exc)) from exc
 
 
 @router.get(

@@ -150,18 +150,45 @@ def create_prediction(
 @router.get(
     "",
     summary="Stored predictions, newest first, without image bytes",
-    responses=error_responses(422, 503),
+    description=(
+        "Page with `before`: `?limit=20` gives the newest rows and a `next` cursor; "
+        "`?limit=20&before=<next>` the rows older than that one, as fast near the oldest rows "
+        "as on the first page. `offset` still works but is slow far from the newest rows "
+        "(the database walks every skipped row); it cannot be combined with `before`."
+    ),
+    responses=error_responses(404, 422, 503),
 )
 def list_predictions(
     db: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 20,
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000, description="rows to skip")] = 0,
+    before: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_ID, description="cursor: only rows older than this prediction's id"),
+    ] = None,
+    offset: Annotated[
+        int, Query(ge=0, le=1_000_000_000, description="rows to skip (slow when large)")
+    ] = 0,
 ) -> PredictionPage:
-    rows = queries.recent_predictions(db, limit=limit, offset=offset)
+    if before is not None and offset:
+        raise HTTPException(status_code=422, detail="use either `before` or `offset`, not both")
+    if offset:
+        rows = queries.recent_predictions(db, limit=limit, offset=offset)
+        next_before = None
+    else:
+        try:
+            page = queries.predictions_page(db, limit=limit, before=before)
+        except queries.PredictionNotFound as exc:
+            raise HTTPException(
+                status_code=404,
+                detail=f"{exc}, so there is nothing to page from: start again without `before`",
+            ) from exc
+        rows, next_before = page.items, page.next_before
     return PredictionPage(
         items=[PredictionRecord.from_row(r) for r in rows],
         limit=limit,
         offset=offset,
+        before=before,
+        next=next_before,
         total=queries.count_predictions(db),
     )
 
@@ -184,11 +211,14 @@ def get_prediction(prediction_id: PredictionId, db: DatabaseDep) -> PredictionRe
             "description": "The image bytes",
             "content": {"image/png": {}, "image/jpeg": {}},
         },
-        **error_responses(404, 422, 503),
+        **error_responses(404, 410, 422, 503),
     },
 )
 def get_image(prediction_id: PredictionId, db: DatabaseDep) -> Response:
-    data = queries.get_image(db, prediction_id)
+    try:
+        data = queries.get_image(db, prediction_id)
+    except queries.DrawingRemoved as exc:
+        raise HTTPException(status_code=410, detail=str(exc)) from exc
     media_type = next(
         (kind for magic, kind in IMAGE_TYPES.items() if data.startswith(magic)),
         "application/octet-stream",
