@@ -9,6 +9,7 @@ import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -19,7 +20,7 @@ from digit_predictor.config import DEFAULT_MODEL_PATH
 from digit_predictor.db import Database, queries
 from digit_predictor.ml.synthetic_digits import pen_digit, to_png
 from tests.api import drawings
-from tests.servers import ApiServer, api_env, api_server
+from tests.servers import ApiServer, api_env, api_server, wait_for
 
 
 def post_drawing(
@@ -329,11 +330,17 @@ def test_one_json_log_line_per_request(api_server: ApiServer, client: httpx.Clie
     response = post_drawing(client, drawings.drawing_png(1))
     request_id = response.headers["x-request-id"]
     client.get("/v1/predictions/999999")
-    lines = [
-        r
-        for r in api_server.log_records()
-        if r.get("msg") == "request" and r.get("request_id") == request_id
-    ]
+
+    def lines_of_request() -> list[dict[str, Any]]:
+        return [
+            r
+            for r in api_server.log_records()
+            if r.get("msg") == "request" and r.get("request_id") == request_id
+        ]
+
+    # The line is written as the answer leaves: it may reach the file a moment later.
+    wait_for(lambda: bool(lines_of_request()), timeout_s=5)
+    lines = lines_of_request()
     assert len(lines) == 1
     line = lines[0]
     assert line["route"] == "/v1/predictions" and line["method"] == "POST"

@@ -30,6 +30,7 @@ class Reply:
     status: int = 201
     body: Any = None  # JSON-serialisable, or bytes sent as is
     delay_s: float = 0.0
+    content_type: str = "application/json"
 
 
 @dataclass
@@ -101,6 +102,13 @@ def _handler(stub: StubApi) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length)
             fields = parse_multipart(self.headers.get("Content-Type", ""), raw)
             stub.received.append(Received(self.path, dict(self.headers.items()), fields))
+            self._reply()
+
+        def do_GET(self) -> None:
+            stub.received.append(Received(self.path, dict(self.headers.items()), {}))
+            self._reply()
+
+        def _reply(self) -> None:
             reply = stub.next_reply()
             if reply.delay_s:
                 time.sleep(reply.delay_s)
@@ -109,7 +117,7 @@ def _handler(stub: StubApi) -> type[BaseHTTPRequestHandler]:
             )
             try:
                 self.send_response(reply.status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", reply.content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)

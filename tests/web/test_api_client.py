@@ -4,6 +4,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from PIL import Image
 
 from digit_predictor.web.api_client import (
     ApiBadResponse,
@@ -13,6 +14,7 @@ from digit_predictor.web.api_client import (
     ApiUnavailable,
     parse_prediction,
 )
+from digit_predictor.web.images import to_png
 from tests.servers import free_port
 from tests.web.stub_api import Reply, StubApi, prediction_body, running_stub
 
@@ -165,3 +167,55 @@ def test_model_input_accepts_a_data_uri_and_ignores_garbage() -> None:
     assert parse_prediction(body).model_input_png is None
     body["model_input_png"] = "aGVsbG8="  # base64, but not a PNG
     assert parse_prediction(body).model_input_png is None
+
+
+def preview_body(digit: int = 5, confidence: float = 0.7) -> dict[str, object]:
+    body = prediction_body(digit=digit, confidence=confidence)
+    for stored_only in ("id", "request_id", "created_at"):
+        del body[stored_only]
+    body["stored"] = False
+    return body
+
+
+def test_preview_posts_the_drawing_to_previews_and_is_marked_as_such(stub: StubApi) -> None:
+    stub.queue(Reply(200, preview_body(digit=5, confidence=0.7)))
+    result = _client(stub.url).preview(PNG)
+
+    assert (result.id, result.digit, result.confidence, result.preview) == (None, 5, 0.7, True)
+    assert result.model_input_png is not None
+    [request] = stub.received
+    assert request.path == "/v1/previews"
+    assert request.fields == {"image": PNG}
+    assert _client(stub.url).predict(PNG).preview is False
+
+
+def test_preview_refusal_and_outage_are_the_same_messages_as_predict(stub: StubApi) -> None:
+    stub.queue(Reply(422, {"detail": "only a dot was drawn: draw a digit first"}))
+    with pytest.raises(ApiError, match="only a dot") as refused:
+        _client(stub.url).preview(PNG)
+    assert refused.value.status == 422
+    with pytest.raises(ApiUnavailable):
+        _client(f"http://127.0.0.1:{free_port()}", retries=0).preview(PNG)
+
+
+def test_explanation_overlay_asks_for_the_digit_and_returns_the_png(stub: StubApi) -> None:
+    overlay = to_png(Image.new("RGB", (196, 196), (200, 40, 20)))
+    stub.queue(Reply(200, overlay, content_type="image/png"))
+    assert _client(stub.url).explanation_overlay(42, 1, scale=7) == overlay
+    [request] = stub.received
+    assert request.path == "/v1/predictions/42/explanation/overlay?digit=1&scale=7"
+    assert request.headers["Accept"] == "image/png"
+
+
+def test_explanation_overlay_failures_are_api_problems(stub: StubApi) -> None:
+    stub.queue(
+        Reply(404, {"detail": "no prediction with id 42; check the id"}),
+        Reply(200, {"not": "a png"}),
+        Reply(200, b"\x89PNG\r\n\x1a\n" + b"a PNG signature and nothing else"),
+    )
+    with pytest.raises(ApiError) as missing:
+        _client(stub.url).explanation_overlay(42, 7)
+    assert missing.value.status == 404 and "no prediction with id 42" in missing.value.message
+    for _unreadable in range(2):
+        with pytest.raises(ApiBadResponse):
+            _client(stub.url).explanation_overlay(42, 7)

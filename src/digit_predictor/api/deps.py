@@ -14,6 +14,7 @@ from digit_predictor.api.shutdown import Drain
 from digit_predictor.api.writer import PredictionStore
 from digit_predictor.config import Settings
 from digit_predictor.db import Database
+from digit_predictor.ml.inference import Classifier
 
 
 @dataclass
@@ -67,3 +68,11 @@ PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 StoreDep = Annotated[PredictionStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 DrainDep = Annotated[Drain, Depends(get_drain)]
+
+
+async def get_classifier(services: ServicesDep) -> Classifier:
+    # Through the predictor: the model that answers predictions is the one explained.
+    return services.predictor.classifier
+
+
+ClassifierDep = Annotated[Classifier, Depends(get_classifier)]

@@ -24,7 +24,7 @@ from digit_predictor.api.limits import MULTIPART_OVERHEAD_BYTES, UploadLimitMidd
 from digit_predictor.api.logs import RequestLogMiddleware, configure_logging
 from digit_predictor.api.metrics import Metrics
 from digit_predictor.api.predictor import Predictor
-from digit_predictor.api.routes import health, models, predictions, stats
+from digit_predictor.api.routes import explanations, health, models, predictions, previews, stats
 from digit_predictor.api.security import require_api_key
 from digit_predictor.api.shutdown import Drain, delay_sigterm
 from digit_predictor.api.writer import PredictionStore
@@ -175,6 +175,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         predictions.feedback_router,
         predictions.router,
         stats.router,
+        explanations.router,
+        previews.router,
         models.router,
     )
     for router in routers:

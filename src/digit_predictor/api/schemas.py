@@ -281,3 +281,57 @@ class Readiness(BaseModel):
     database: Literal["up", "down"]
     queued_writes: int = Field(description="predictions waiting to be written to the database")
     reasons: list[str] = Field(description="why the service is not ready; empty when ready")
+
+
+class Preview(BaseModel):
+    """The answer for a drawing that is not stored (predict as you draw)."""
+
+    digit: Digit
+    confidence: Probability = Field(description="probability of the predicted digit")
+    probabilities: Probabilities
+    is_digit: bool = Field(
+        description="false: the drawing does not look like a single digit; `digit` is then "
+        "only the closest guess"
+    )
+    ood_score: Probability = Field(description="how unlike a digit, 0..1 (higher = less like)")
+    model_version: str = Field(description="the model that answered (the champion can change)")
+    latency_ms: float = Field(
+        ge=0, description="time the api spent decoding, preprocessing and running the model"
+    )
+    model_input_png: str = Field(
+        description="base64 PNG of the 28x28 image the model saw, after preprocessing"
+    )
+    stored: Literal[False] = Field(
+        default=False, description="always false: a preview is never written anywhere"
+    )
+
+
+AttributionRow = Annotated[list[float], Field(min_length=28, max_length=28)]
+
+
+class Explanation(BaseModel):
+    """Why the model answered what it did: each input pixel's share of one digit's score."""
+
+    prediction_id: int
+    digit: Digit = Field(description="the digit explained: the predicted one, or `?digit=`")
+    predicted_digit: Digit = Field(description="the digit the prediction answered")
+    method: Literal["integrated_gradients"]
+    baseline: Literal["black"] = Field(
+        description="the reference input: an empty (black) field, so pixels without ink get 0"
+    )
+    steps: int = Field(description="quadrature points on the path from baseline to drawing")
+    model_version: str = Field(description="the model explained (the one serving now)")
+    probability: Probability = Field(description="P(digit) for this drawing under that model")
+    logit: float = Field(description="the digit's logit (pre-softmax score) for the drawing")
+    baseline_logit: float = Field(description="the digit's logit for the baseline")
+    convergence_delta: float = Field(
+        description="sum(attributions) - (logit - baseline_logit); 0 for the exact integral"
+    )
+    attributions: Annotated[list[AttributionRow], Field(min_length=28, max_length=28)] = Field(
+        description=(
+            "attributions[row][col]: what that pixel of the 28x28 model input did for the "
+            "digit's logit (positive: evidence for it, negative: against it); row 0 is the top"
+        )
+    )
+    model_input_png: str = Field(description="base64 PNG of the 28x28 image the model saw")
+    latency_ms: float = Field(ge=0, description="time spent computing the attributions")

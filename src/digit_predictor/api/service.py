@@ -1,4 +1,5 @@
-"""Predict and store: what `POST /v1/predictions` does, as a plain function without HTTP."""
+"""Predict, and predict and store: what `POST /v1/previews` and `POST /v1/predictions` do, as
+plain functions without HTTP."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ class StoredPrediction:
     id: int | None  # None: queued, written once PostgreSQL answers (the api answers 202)
 
 
+def predict(data: bytes, *, predictor: Predictor, metrics: Metrics) -> Outcome:
+    """Raises InvalidImageError / EmptyDrawingError (bad drawing). Stores and counts nothing."""
+    outcome = predictor.predict(data)
+    metrics.inference_latency.observe(outcome.latency_ms / 1000.0)
+    return outcome
+
+
 def predict_and_store(
     data: bytes,
     *,
@@ -30,8 +38,7 @@ def predict_and_store(
 ) -> StoredPrediction:
     """Raises InvalidImageError / EmptyDrawingError (bad drawing), QueueFull (cannot keep it),
     RowRejected (the database refused the row: a bug)."""
-    outcome = predictor.predict(data)
-    metrics.inference_latency.observe(outcome.latency_ms / 1000.0)
+    outcome = predict(data, predictor=predictor, metrics=metrics)
     row = NewPrediction(
         predicted_digit=outcome.digit,
         confidence=outcome.confidence,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +29,23 @@ class Outcome:
 
 def predict_drawing(client: ApiClient, drawing: Drawing) -> Outcome:
     """Send the drawing to the api unless it is empty; every failure becomes a message."""
+    return _ask(drawing, lambda png: client.predict(png, source="web"))
+
+
+def preview_drawing(client: ApiClient, drawing: Drawing) -> Outcome:
+    """The live answer for the drawing, which the api does not store (predict as you draw).
+
+    The same bytes as `predict_drawing` sends, so Predict then stores the answer shown.
+    """
+    return _ask(drawing, client.preview)
+
+
+def drawing_key(drawing: Drawing) -> str | None:
+    """Identifies what is on the canvas, to send each drawing for a live answer only once."""
+    return hashlib.sha256(drawing.png).hexdigest() if drawing.png and drawing.strokes else None
+
+
+def _ask(drawing: Drawing, send: Callable[[bytes], PredictionResult]) -> Outcome:
     if drawing.strokes == 0 or is_blank(drawing.png):
         return Outcome(kind="warning", message=EMPTY_DRAWING)
     assert drawing.png is not None
@@ -36,7 +54,7 @@ def predict_drawing(client: ApiClient, drawing: Drawing) -> Outcome:
     except NotAnImage:
         return Outcome(kind="warning", message=EMPTY_DRAWING)
     try:
-        return Outcome(result=client.predict(png, source="web"))
+        return Outcome(result=send(png))
     except ApiProblem as exc:
         log.warning("prediction failed: %s", exc.message)
         kind: Literal["warning", "error"] = "warning" if _is_input_problem(exc) else "error"

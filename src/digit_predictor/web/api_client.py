@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import io
 import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import requests
+from PIL import Image
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 PREDICTIONS_PATH = "/v1/predictions"
+PREVIEWS_PATH = "/v1/previews"
 CONNECT_TIMEOUT_S = 2.0
 # Retried only where the api cannot have stored anything: refused or failed connections, and
 # 502/503 (a proxy with no api behind it, or an api that is not ready). Never a read timeout.
@@ -65,6 +69,7 @@ class PredictionResult:
     # False: the drawing does not look like a digit; an api without the detector says nothing.
     is_digit: bool = True
     ood_score: float | None = None
+    preview: bool = False  # a live answer (POST /v1/previews): never stored, no id
 
     @property
     def queued(self) -> bool:
@@ -185,14 +190,44 @@ class ApiClient:
             self.session.headers["X-API-Key"] = api_key
 
     def predict(self, png: bytes, *, source: str = "web") -> PredictionResult:
-        """Send a drawing; raise an ApiProblem subclass on any failure."""
-        url = self.base_url + PREDICTIONS_PATH
+        """Send a drawing to be predicted and stored; raise an ApiProblem subclass on failure."""
+        response = self._send(
+            "POST",
+            PREDICTIONS_PATH,
+            files={"image": ("drawing.png", png, "image/png")},
+            data={"source": source},
+        )
+        return parse_prediction(self._json(response))
+
+    def preview(self, png: bytes) -> PredictionResult:
+        """The answer for a drawing that is not stored (predict as you draw); `id` is None."""
+        response = self._send(
+            "POST", PREVIEWS_PATH, files={"image": ("drawing.png", png, "image/png")}
+        )
+        return dataclasses.replace(parse_prediction(self._json(response)), preview=True)
+
+    def explanation_overlay(self, prediction_id: int, digit: int, *, scale: int = 8) -> bytes:
+        """The PNG of why the model's answer for this stored prediction was (or was not) `digit`."""
+        response = self._send(
+            "GET",
+            f"{PREDICTIONS_PATH}/{int(prediction_id)}/explanation/overlay",
+            params={"digit": int(digit), "scale": int(scale)},
+            headers={"Accept": "image/png"},
+        )
         try:
-            response = self.session.post(
-                url,
-                files={"image": ("drawing.png", png, "image/png")},
-                data={"source": source},
-                timeout=self.timeout,
+            with Image.open(io.BytesIO(response.content)) as picture:
+                if picture.format != "PNG":
+                    raise ValueError(picture.format)
+                picture.verify()
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's ways of saying "not a PNG"
+            raise ApiBadResponse("The prediction service sent an unreadable picture.") from exc
+        return response.content
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One request; every failure (no answer, timeout, error status) as an ApiProblem."""
+        try:
+            response = self.session.request(
+                method, self.base_url + path, timeout=self.timeout, **kwargs
             )
         except requests.Timeout as exc:
             if isinstance(exc, requests.ConnectTimeout):
@@ -212,11 +247,14 @@ class ApiClient:
             raise ApiError(
                 _message_for(response.status_code, error_detail(response)), response.status_code
             )
+        return response
+
+    @staticmethod
+    def _json(response: requests.Response) -> Any:
         try:
-            body = response.json()
+            return response.json()
         except ValueError as exc:
             raise ApiBadResponse("The prediction service sent an unreadable answer.") from exc
-        return parse_prediction(body)
 
     def close(self) -> None:
         self.session.close()

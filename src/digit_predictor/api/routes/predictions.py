@@ -32,10 +32,10 @@ from digit_predictor.api.schemas import (
     PredictionRecord,
 )
 from digit_predictor.api.service import predict_and_store
+from digit_predictor.api.uploads import bad_drawings_refused, read_drawing
 from digit_predictor.api.writer import QueueFull
 from digit_predictor.db import queries
 from digit_predictor.db.queries import PredictionNotFound
-from digit_predictor.ml.preprocess import EmptyDrawingError, InvalidImageError
 
 log = logging.getLogger(__name__)
 
@@ -106,29 +106,18 @@ def create_prediction(
         Form(max_length=64, pattern=SOURCE_PATTERN, description="who sent it, e.g. 'web'"),
     ] = None,
 ) -> PredictionCreated:
-    limit = settings.max_upload_bytes
-    data = image.file.read(limit + 1)
-    if len(data) > limit:
-        metrics.rejected_inputs.labels(reason="too_many_bytes").inc()
-        raise HTTPException(
-            status_code=413,
-            detail=f"too many bytes: the image is over the limit of {limit} bytes; "
-            "send a smaller image (a drawing is usually a few kB as PNG)",
-        )
+    data = read_drawing(image, limit=settings.max_upload_bytes, metrics=metrics)
     try:
-        stored = predict_and_store(
-            data,
-            source=source,
-            # The request's id (also in its log line and X-Request-ID) identifies the row.
-            request_id=request_id_var.get() or uuid.uuid4(),
-            predictor=predictor,
-            store=store,
-            metrics=metrics,
-        )
-    except (EmptyDrawingError, InvalidImageError) as exc:
-        reason = "empty_drawing" if isinstance(exc, EmptyDrawingError) else "invalid_image"
-        metrics.rejected_inputs.labels(reason=reason).inc()
-        raise HTTPException(status_code=422, detail=str(exc)) from exc
+        with bad_drawings_refused(metrics):
+            stored = predict_and_store(
+                data,
+                source=source,
+                # The request's id (also in its log line and X-Request-ID) identifies the row.
+                request_id=request_id_var.get() or uuid.uuid4(),
+                predictor=predictor,
+                store=store,
+                metrics=metrics,
+            )
     except QueueFull as exc:
         raise HTTPException(
             status_code=503,

@@ -1,4 +1,9 @@
-"""Draw page: canvas, Predict / Clear, the result, feedback, and today's high score."""
+"""Draw page: canvas, Predict / Clear, the result, feedback, why, and today's high score.
+
+The canvas and the answer live in one `st.fragment`: a stroke (and, with "Predict as I draw"
+on, its live answer) reruns only them, not the page. Pressing Predict stores the prediction and
+reruns the page, since today's high score may have changed.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,15 @@ import streamlit as st
 
 from digit_predictor.web import actions, canvas, charts, data, images, resources
 from digit_predictor.web.actions import HighScoreState, Outcome
-from digit_predictor.web.api_client import PredictionResult
+from digit_predictor.web.api_client import ApiProblem, PredictionResult
 from digit_predictor.web.ui import UNEXPECTED, a_digit, guarded, log
 
 DIGITS = list(range(10))
+WHY_SCALE = 7  # 196x196: shown at its own size, so no resampling blurs the pixels
+WHY_LEGEND = (
+    "Red: ink that made the model think of this digit. Blue: ink that spoke against it. "
+    "On the 28×28 image the model saw (integrated gradients)."
+)
 
 
 def _state() -> Any:
@@ -21,6 +31,10 @@ def _state() -> Any:
     state.setdefault("result", None)
     state.setdefault("answers", {})  # prediction id -> the true digit the person saved
     state.setdefault("feedback_note", None)  # (kind, text) about the last feedback attempt
+    state.setdefault("live", False)  # the "Predict as I draw" toggle
+    state.setdefault("answered_drawing", None)  # drawing_key of what the shown answer is for
+    state.setdefault("live_strokes", 0)  # strokes on the canvas when the live answer was asked
+    state.setdefault("why", {})  # (prediction id, digit) -> its explanation overlay (PNG)
     if "high_score" not in state:
         state.high_score = HighScoreState()
     return state
@@ -32,6 +46,7 @@ def _clear() -> None:
     state.outcome = None
     state.result = None
     state.feedback_note = None
+    state.answered_drawing = None
 
 
 def _save_answer(prediction_id: int, true_digit: int | None) -> None:
@@ -164,36 +179,133 @@ def _show_feedback(state: Any, result: PredictionResult) -> None:
         st.caption(f"Your answer: {saved}")
 
 
-def render() -> None:
+def _predict(state: Any, drawing: canvas.Drawing) -> bool:
+    """Predict and store (the Predict button); True when a prediction was stored or queued."""
+    with st.spinner("Predicting…"):
+        outcome = actions.predict_drawing(resources.api_client(), drawing)
+    state.outcome = outcome
+    state.result = outcome.result  # a failed attempt hides the previous result
+    state.feedback_note = None
+    state.answered_drawing = actions.drawing_key(drawing)
+    if outcome.result is None:
+        return False
+    log.info("predicted %s", outcome.result.digit)
+    state.high_score.invalidate()
+    return True
+
+
+def _preview_if_changed(state: Any, drawing: canvas.Drawing) -> None:
+    """With "Predict as I draw" on, answer a drawing the page has not answered yet (not stored).
+
+    The canvas sends a drawing 200 ms after the last stroke ends (its own debounce), so a quick
+    run of strokes is one request; a drawing already answered (the same bytes) is not sent again.
+    """
+    key = actions.drawing_key(drawing)
+    if key is None or key == state.answered_drawing:
+        return
+    outcome = actions.preview_drawing(resources.api_client(), drawing)
+    state.outcome = outcome
+    state.result = outcome.result
+    state.feedback_note = None
+    state.answered_drawing = key
+    state.live_strokes = drawing.strokes
+
+
+def _show_live_note(state: Any) -> None:
+    strokes = state.live_strokes
+    st.caption(
+        f"Live answer for {strokes} stroke{'' if strokes == 1 else 's'}: not saved. "
+        "Press Predict to keep it, say whether it was right and see why.",
+        help="Predict as you draw asks the model after every stroke; nothing is stored.",
+    )
+
+
+def _overlay(state: Any, prediction_id: int, digit: int) -> bytes | str:
+    """The explanation picture for (prediction, digit), fetched once per page session."""
+    cache: dict[tuple[int, int], bytes] = state.why
+    key = (prediction_id, digit)
+    if key not in cache:
+        try:
+            cache[key] = resources.api_client().explanation_overlay(
+                prediction_id, digit, scale=WHY_SCALE
+            )
+        except ApiProblem as exc:
+            log.warning("explanation failed: %s", exc.message)
+            return exc.message  # not kept: the next rerun tries again
+    return cache[key]
+
+
+def _show_why(state: Any, result: PredictionResult) -> None:
+    """The "Why?" control: the attribution map of the answer, and of the person's answer."""
+    if result.id is None:
+        return
+    if not st.toggle("Why?", key=f"why-{result.id}", help="Which ink made the model say this"):
+        return
+    shown = [(result.digit, f"Why {a_digit(result.digit)}")]
+    truth = state.answers.get(result.id)
+    if truth is not None and truth != result.digit:
+        shown.append((truth, f"What speaks for {a_digit(truth)} (your answer)"))
+    with st.container(key="why"):
+        for column, (digit, caption) in zip(st.columns(2), shown, strict=False):
+            with column:
+                picture = _overlay(state, result.id, digit)
+                if isinstance(picture, bytes):
+                    st.image(picture, caption=caption, width=28 * WHY_SCALE)
+                else:
+                    st.warning(f"{caption}: {picture}")
+        st.caption(WHY_LEGEND)
+
+
+@st.fragment
+def _canvas_and_answer() -> None:
+    """Everything a stroke changes; Streamlit reruns just this on each stroke."""
+    # A fragment rerun does not pass through the page's guard: this one keeps tracebacks out.
+    guarded(_draw_and_answer)
+
+
+def _draw_and_answer() -> None:
     state = _state()
-    st.title("Draw a digit")
     left, right = st.columns([2, 3], gap="large")
     with left:
         st.caption("Draw one digit, 0 to 9, with the mouse or a finger, then press Predict.")
         drawing = canvas.draw_canvas(key=f"canvas-{state.canvas_round}")
+        st.toggle(
+            "Predict as I draw",
+            key="live",
+            help="The answer follows every stroke; it is only saved when you press Predict.",
+        )
         predict_col, clear_col = st.columns(2)
         predict = predict_col.button("Predict", type="primary", key="predict", width="stretch")
         clear_col.button("Clear", key="clear", on_click=_clear, width="stretch")
-        if predict:
-            with st.spinner("Predicting…"):
-                outcome = actions.predict_drawing(resources.api_client(), drawing)
-            state.outcome = outcome
-            state.result = outcome.result  # a failed attempt hides the previous result
-            state.feedback_note = None
-            if outcome.result is not None:
-                log.info("predicted %s", outcome.result.digit)
-                state.high_score.invalidate()
+        predicted = _predict(state, drawing) if predict else False
+        if not predict and state.live:
+            _preview_if_changed(state, drawing)
     with right:
-        # Filled last: the result reaches the browser before the high score query runs.
-        high_score_slot = st.container()
         _show_outcome(state.outcome)
-        if state.result is not None:
-            _show_result(state.result)
-            _show_feedback(state, state.result)
+        result: PredictionResult | None = state.result
+        if result is not None:
+            if result.preview:
+                # Above the answer: it reaches the browser first and says what the answer is.
+                _show_live_note(state)
+            _show_result(result)
+            if not result.preview:
+                _show_why(state, result)
+                _show_feedback(state, result)
         elif state.outcome is None:
             st.info("Your prediction appears here.", icon=":material/arrow_back:")
-        with high_score_slot:
-            _show_high_score(state)
+    if predicted:
+        # Today's high score (outside this fragment) may have changed: rerun the whole page.
+        st.rerun(scope="app")
+
+
+def render() -> None:
+    state = _state()
+    heading, high_score = st.columns([3, 1], vertical_alignment="bottom")
+    heading.title("Draw a digit")
+    _canvas_and_answer()
+    # Filled last: the canvas and the answer reach the browser before the high score query runs.
+    with high_score:
+        _show_high_score(state)
 
 
 guarded(render)
