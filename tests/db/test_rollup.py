@@ -363,14 +363,17 @@ def test_migrate_command_syncs_the_time_zone(
 
 
 def test_columns_added_later_change_nothing(make_database: Callable[[], str]) -> None:
-    """Migration 0004 (is_digit, ood_score) or any later column must not break the triggers."""
+    """Migration 0004's columns (is_digit, ood_score) and any later one leave the triggers be."""
     url = make_database()
     migrate(url)
-    _execute(url, "ALTER TABLE predictions ADD COLUMN is_digit boolean, ADD COLUMN ood_score real")
+    _execute(url, "ALTER TABLE predictions ADD COLUMN later_note text")
     now = datetime.now(UTC)
     for i in range(10):
         _execute(url, INSERT_SQL, (i, 0.8, _probs(i, 0.8), b"x", "v1", now))
-    _execute(url, "UPDATE predictions SET is_digit = id % 2 = 0, ood_score = id / 10.0")
+    _execute(
+        url,
+        "UPDATE predictions SET is_digit = id % 2 = 0, ood_score = id / 10.0, later_note = 'x'",
+    )
     _execute(url, "UPDATE predictions SET true_digit = 4, feedback_at = now() WHERE is_digit")
     assert rollup_differences(url) == []
     [(n,)] = _execute(url, "SELECT sum(n) FROM prediction_totals WHERE true_digit = 4")
