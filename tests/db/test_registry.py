@@ -159,15 +159,21 @@ def test_concurrent_promotions_leave_one_champion(db: Database, tmp_path: Path) 
         _add(db, version)
     barrier = threading.Barrier(len(versions))
 
+    errors: list[BaseException] = []
+
     def promote(version: str) -> None:
         barrier.wait()
-        registry.promote(db, version, reason="race")
+        try:
+            registry.promote(db, version, reason="race")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
 
     threads = [threading.Thread(target=promote, args=(v,)) for v in versions]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert errors == []  # serialised: every promotion succeeds, the last one wins
     statuses = _statuses(db)
     assert list(statuses.values()).count("champion") == 1
     assert statuses["v0"] == "retired"

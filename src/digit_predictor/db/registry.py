@@ -33,6 +33,8 @@ STATUSES = ("candidate", "champion", "retired", "rejected")
 CARD_NAME = "model_card.json"  # beside the shipped weights
 # Serialises registrations of the shipped model by processes starting together.
 _SHIPPED_LOCK_KEY = 4_242_002
+# Serialises changes of champion: two promotions at once must both succeed, one after the other.
+_CHAMPION_LOCK_KEY = 4_242_003
 
 _COLUMNS = "version, created_at, parent_version, arch, sha256, status, promoted_at, reason, card"
 
@@ -165,6 +167,7 @@ def list_models(db: Database) -> list[ModelRecord]:
 def promote(db: Database, version: str, *, reason: str) -> ModelRecord:
     """Make `version` the champion and retire the previous one, in one transaction."""
     with db.connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAMPION_LOCK_KEY,))
         target = _fetch(cur, version, lock=True)
         if target.status == "champion":
             raise RegistryError(f"{version!r} is already the champion")
@@ -196,6 +199,7 @@ def reject(db: Database, version: str, *, reason: str) -> ModelRecord:
 def rollback(db: Database, *, reason: str) -> ModelRecord:
     """Retire the champion and bring back the one promoted before it, in one transaction."""
     with db.connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAMPION_LOCK_KEY,))
         # Locks every promoted row: two rollbacks at once cannot skip a version.
         cur.execute(
             f"""SELECT {_COLUMNS} FROM models
@@ -236,6 +240,7 @@ def register_shipped(db: Database, weights_path: Path) -> ModelRecord:
     sha = hashlib.sha256(weights).hexdigest()
     with db.connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SHIPPED_LOCK_KEY,))
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAMPION_LOCK_KEY,))
         cur.execute("SELECT sha256 FROM models WHERE version = %s", (version,))
         existing = cur.fetchone()
         if existing is not None:
