@@ -87,6 +87,8 @@ def test_the_api_key_guards_v1_but_not_health(
         "items": [],
         "limit": 20,
         "offset": 0,
+        "before": None,
+        "next": None,
         "total": 0,
     }
     assert client.get("/healthz").status_code == 200

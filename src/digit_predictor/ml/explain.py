@@ -57,6 +57,8 @@ class Attribution:
     input_logits: np.ndarray  # float64 (10,): every digit's logit for the drawing
     baseline_logit: float  # the digit's logit for the black baseline
     steps: int
+    # The model's calibration temperature: `probability` is then the calibrated one the api serves.
+    temperature: float = 1.0
 
     @property
     def logit(self) -> float:
@@ -64,8 +66,9 @@ class Attribution:
 
     @property
     def probability(self) -> float:
-        """P(digit) for the drawing: the softmax of the logits the explanation started from."""
-        shifted = np.exp(self.input_logits - self.input_logits.max())
+        """P(digit) for the drawing, calibrated as served: softmax(logits / temperature)."""
+        scaled = self.input_logits / self.temperature
+        shifted = np.exp(scaled - scaled.max())
         return min(max(float(shifted[self.digit] / shifted.sum()), 0.0), 1.0)
 
     @property
@@ -143,7 +146,15 @@ def integrated_gradients(
         input_logits=logits[steps].detach().double().numpy(),
         baseline_logit=float(logits[steps + 1, digit].detach()),
         steps=steps,
+        temperature=_temperature(model),
     )
+
+
+def _temperature(model: torch.nn.Module) -> float:
+    """The calibration temperature in the model's trust head (1 when it has none fitted)."""
+    trust = getattr(model, "trust", None)
+    temperature = getattr(trust, "temperature", None)
+    return float(temperature) if isinstance(temperature, torch.Tensor) else 1.0
 
 
 def explain(
