@@ -362,7 +362,10 @@ def test_unknown_paths_share_one_metrics_label(client: httpx.Client) -> None:
 
 
 @pytest.mark.skipif(not DEFAULT_MODEL_PATH.exists(), reason="no shipped model in model/saved_model")
-def test_the_shipped_model_reads_canvas_drawings(database_url: str) -> None:
+def test_the_shipped_model_reads_canvas_drawings(own_database_url: str) -> None:
+    # Its own database: this api registers the shipped model as champion, and the session's
+    # apis (untrained test model) must not swap to it.
+    database_url = own_database_url
     rng = np.random.default_rng(7)
     samples = [(d, to_png(pen_digit(d, rng), "alpha")) for d in list(range(10)) * 2]
     card = json.loads((DEFAULT_MODEL_PATH.parent / "model_card.json").read_text())
