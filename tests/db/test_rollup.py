@@ -31,6 +31,7 @@ from digit_predictor.db.queries import (
     NewPrediction,
     Statistics,
     count_predictions,
+    high_score_today,
     insert_prediction,
     record_feedback,
     rollup_time_zone,
@@ -416,3 +417,129 @@ def test_a_backup_restored_keeps_the_rollup_and_its_triggers(
         url, "SELECT sum(n), sum(n) FILTER (WHERE true_digit IS NOT NULL) FROM prediction_totals"
     )
     assert (n, answered) == (7, 1)
+
+
+def _best_by_recount(url: str, tz: ZoneInfo, day: date) -> int | None:
+    """Today's high score by the rule, in Python over every row: what the daily best must hold."""
+    rows = _execute(url, "SELECT id, confidence, created_at, is_digit FROM predictions")
+    candidates = [
+        (-conf, at, pid)
+        for pid, conf, at, is_digit in rows
+        if is_digit is not False and at.astimezone(tz).date() == day
+    ]
+    return min(candidates)[2] if candidates else None
+
+
+def _high_score_id(db: Database, tz: ZoneInfo, now: datetime) -> int | None:
+    best = high_score_today(db, tz, now)
+    return None if best is None else int(best.id)
+
+
+def test_the_daily_best_follows_every_kind_of_write(database_url: str, db: Database) -> None:
+    """Migration 0005: today's high score comes from a kept row; deletes, manual fixes, the
+    detector's verdict and day changes all move it exactly where a recount would."""
+    now = datetime.now(NY)
+    today = now.date()
+    morning = datetime.combine(today, datetime.min.time(), tzinfo=NY) + timedelta(minutes=5)
+    ids = [_add(db, d, 0.5 + d / 20, at=morning + timedelta(minutes=d)) for d in range(10)]
+    tie = _add(db, 1, 0.95, at=morning + timedelta(minutes=30))  # same confidence, later
+
+    def check() -> None:
+        assert rollup_differences(database_url) == []
+        assert _high_score_id(db, NY, now) == _best_by_recount(database_url, NY, today)
+
+    check()
+    assert _high_score_id(db, NY, now) == ids[9]  # 0.95, earlier than the tie
+    _execute(database_url, "DELETE FROM predictions WHERE id = %s", (ids[9],))
+    check()
+    assert _high_score_id(db, NY, now) == tie
+    # The detector says the best is not a digit: the next one wins; and back again.
+    _execute(database_url, "UPDATE predictions SET is_digit = false WHERE id = %s", (tie,))
+    check()
+    assert _high_score_id(db, NY, now) == ids[8]
+    _execute(database_url, "UPDATE predictions SET is_digit = true WHERE id = %s", (tie,))
+    check()
+    assert _high_score_id(db, NY, now) == tie
+    # A manual fix lowers the best's confidence, another moves a row to yesterday.
+    _execute(database_url, "UPDATE predictions SET confidence = 0.1 WHERE id = %s", (tie,))
+    check()
+    _execute(
+        database_url,
+        "UPDATE predictions SET created_at = created_at - interval '1 day' WHERE id = %s",
+        (ids[8],),
+    )
+    check()
+    assert _high_score_id(db, NY, now) == ids[7]
+    assert _high_score_id(db, NY, now - timedelta(days=1)) == ids[8]
+    # A non-digit never wins, even the most confident; feedback changes nothing.
+    _execute(database_url, INSERT_SQL, (3, 0.999, _probs(3, 0.999), b"x", "v1", morning))
+    _execute(database_url, "UPDATE predictions SET is_digit = false WHERE confidence = 0.999")
+    record_feedback(db, ids[7], 2)
+    check()
+    assert _high_score_id(db, NY, now) == ids[7]
+    # Every row of the day gone: no high score, no kept row.
+    _execute(database_url, "DELETE FROM predictions WHERE created_at >= %s", (morning,))
+    check()
+    assert _high_score_id(db, NY, now) is None
+    # Asked in a zone the roll-up is not in: counted from the table, same rule.
+    kolkata_now = datetime.now(KOLKATA)
+    _add(db, 4, 0.9, at=kolkata_now)
+    assert _high_score_id(db, KOLKATA, kolkata_now) == _best_by_recount(
+        database_url, KOLKATA, kolkata_now.date()
+    )
+
+
+_TODAYS_BEST = "(SELECT prediction_id FROM prediction_daily_best ORDER BY day DESC LIMIT 1)"
+DELETE_BEST = f"DELETE FROM predictions WHERE id = {_TODAYS_BEST}"  # noqa: S608 (constants)
+FLAG_BEST = f"UPDATE predictions SET is_digit = false WHERE id = {_TODAYS_BEST}"  # noqa: S608
+
+
+def test_the_daily_best_under_concurrent_writers_and_deletes(
+    database_url: str, db: Database
+) -> None:
+    """Two writers offering random confidences, while a third deletes today's best or flags it
+    as not a digit, over and over: the kept best always ends where a recount puts it."""
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    now = datetime.now(UTC)
+
+    def writer(seed: int) -> None:
+        rnd = random.Random(seed)
+        conn = psycopg2.connect(database_url)
+        conn.autocommit = True
+        try:
+            for _ in range(200):
+                conf = rnd.choice([0.5, 0.9, 0.99, rnd.random()])
+                with conn.cursor() as cur:
+                    cur.execute(INSERT_SQL, (1, conf, _probs(1, conf), b"x", "v1", now))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    def fixer() -> None:
+        conn = psycopg2.connect(database_url)
+        conn.autocommit = True
+        try:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                with conn.cursor() as cur:
+                    cur.execute(DELETE_BEST if i % 2 else FLAG_BEST)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in (5, 6)]
+    fixing = threading.Thread(target=fixer)
+    for thread in [*threads, fixing]:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    stop.set()
+    fixing.join(timeout=30)
+    assert errors == []
+    assert rollup_differences(database_url) == []
+    day = now.astimezone(NY).date()
+    assert _high_score_id(db, NY, now) == _best_by_recount(database_url, NY, day)

@@ -110,8 +110,22 @@ _DIFFERENCES = """
 """
 
 
+# Every day whose kept best prediction is not the one a recount picks (migration 0005).
+_BEST_DIFFERENCES = """
+    WITH counted AS (
+        SELECT DISTINCT ON (1) (p.created_at AT TIME ZONE s.time_zone)::date AS day, p.id
+        FROM predictions AS p CROSS JOIN rollup_settings AS s
+        WHERE p.is_digit IS NOT FALSE
+        ORDER BY 1, p.confidence DESC, p.created_at, p.id)
+    SELECT 'best', coalesce(c.day, b.day), b.prediction_id AS kept, c.id AS counted
+    FROM counted AS c FULL JOIN prediction_daily_best AS b USING (day)
+    WHERE b.prediction_id IS DISTINCT FROM c.id
+"""
+
+
 def rollup_differences(dsn: str) -> list[tuple[Any, ...]]:
-    """Rows where a roll-up disagrees with a full recount; empty when both are exact.
+    """Rows where a roll-up (or the daily best) disagrees with a full recount; empty when
+    all are exact.
 
     Reads one snapshot (repeatable read), so it is right even while the api writes.
     """
@@ -119,7 +133,9 @@ def rollup_differences(dsn: str) -> list[tuple[Any, ...]]:
         conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
         with conn, conn.cursor() as cur:
             cur.execute(_DIFFERENCES)
-            return list(cur.fetchall())
+            differences = list(cur.fetchall())
+            cur.execute(_BEST_DIFFERENCES)
+            return differences + list(cur.fetchall())
 
 
 @dataclass(frozen=True)

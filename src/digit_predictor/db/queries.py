@@ -347,26 +347,42 @@ def local_day_window(tz: ZoneInfo, now: datetime | None = None) -> tuple[datetim
 
 def high_score_today(db: Database, tz: ZoneInfo, now: datetime | None = None) -> Prediction | None:
     """The most confident prediction since the last local midnight (earliest wins a tie);
-    a drawing flagged as not a digit never wins (rows from before the detector still count)."""
+    a drawing flagged as not a digit never wins (rows from before the detector still count).
+
+    Read from the daily best that the triggers keep (migration 0005): one key lookup, however
+    many predictions the day holds. When the roll-up's days are in another zone than `tz`
+    (until `migrate` rebuilds it), today's rows are read instead: an index range, slower.
+    """
     start, end = local_day_window(tz, now)
     with db.connection() as conn, conn.cursor() as cur:
-        cur.execute(
-            f"""SELECT {_COLUMNS} FROM predictions
-                WHERE created_at >= %s AND created_at < %s AND is_digit IS NOT FALSE
-                ORDER BY confidence DESC, created_at ASC, id ASC LIMIT 1""",
-            (start, end),
-        )
+        if _rollup_time_zone(cur) == tz.key:
+            cur.execute(
+                f"""SELECT {_COLUMNS} FROM predictions WHERE id =
+                        (SELECT prediction_id FROM prediction_daily_best WHERE day = %s)""",
+                (start.date(),),
+            )
+        else:
+            cur.execute(
+                f"""SELECT {_COLUMNS} FROM predictions
+                    WHERE created_at >= %s AND created_at < %s AND is_digit IS NOT FALSE
+                    ORDER BY confidence DESC, created_at ASC, id ASC LIMIT 1""",
+                (start, end),
+            )
         row = cur.fetchone()
     return _prediction(row) if row else None
 
 
-def rollup_time_zone(db: Database) -> str:
-    """The time zone the daily roll-up's days are in (see `sync_rollup_time_zone`)."""
-    with db.connection() as conn, conn.cursor() as cur:
-        cur.execute("SELECT time_zone FROM rollup_settings")
-        row = cur.fetchone()
+def _rollup_time_zone(cur: Any) -> str:
+    cur.execute("SELECT time_zone FROM rollup_settings")
+    row = cur.fetchone()
     assert row is not None
     return str(row[0])
+
+
+def rollup_time_zone(db: Database) -> str:
+    """The time zone the daily roll-ups' days are in (see `sync_rollup_time_zone`)."""
+    with db.connection() as conn, conn.cursor() as cur:
+        return _rollup_time_zone(cur)
 
 
 def statistics(db: Database, tz: ZoneInfo, *, days: int = 30) -> Statistics:
@@ -382,10 +398,8 @@ def statistics(db: Database, tz: ZoneInfo, *, days: int = 30) -> Statistics:
                FROM prediction_totals WHERE n <> 0"""
         )
         totals = cur.fetchall()
-        cur.execute("SELECT time_zone FROM rollup_settings")
-        zone_row = cur.fetchone()
-        assert zone_row is not None
-        if zone_row[0] == tz.key:
+        zone = _rollup_time_zone(cur)
+        if zone == tz.key:
             cur.execute(
                 """SELECT day, sum(n) FROM prediction_daily WHERE day >= %s
                    GROUP BY day HAVING sum(n) <> 0 ORDER BY day""",
@@ -397,7 +411,7 @@ def statistics(db: Database, tz: ZoneInfo, *, days: int = 30) -> Statistics:
             log.warning(
                 "daily roll-up is in %s, statistics asked for %s: run "
                 "`python -m digit_predictor.db migrate` to rebuild it",
-                zone_row[0],
+                zone,
                 tz.key,
             )
             cur.execute(
