@@ -100,6 +100,11 @@ class Prediction:
         return None if self.true_digit is None else self.true_digit == self.predicted_digit
 
 
+def _share(part: float, whole: int) -> float | None:
+    """part / whole, or None when nothing was counted (no answer is not 0% right)."""
+    return part / whole if whole else None
+
+
 @dataclass(frozen=True)
 class DigitAccuracy:
     digit: int
@@ -108,7 +113,7 @@ class DigitAccuracy:
 
     @property
     def accuracy(self) -> float | None:
-        return self.correct / self.feedback_count if self.feedback_count else None
+        return _share(self.correct, self.feedback_count)
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,7 @@ class VersionAccuracy:
 
     @property
     def accuracy(self) -> float | None:
-        return self.correct / self.feedback_count if self.feedback_count else None
+        return _share(self.correct, self.feedback_count)
 
 
 @dataclass(frozen=True)
@@ -146,11 +151,11 @@ class ConfidenceBin:
 
     @property
     def accuracy(self) -> float | None:
-        return self.correct / self.feedback_count if self.feedback_count else None
+        return _share(self.correct, self.feedback_count)
 
     @property
     def mean_confidence(self) -> float | None:
-        return self.confidence_sum / self.feedback_count if self.feedback_count else None
+        return _share(self.confidence_sum, self.feedback_count)
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,7 @@ class Statistics:
 
     @property
     def accuracy(self) -> float | None:
-        return self.correct_count / self.feedback_count if self.feedback_count else None
+        return _share(self.correct_count, self.feedback_count)
 
     @property
     def expected_calibration_error(self) -> float | None:

@@ -13,44 +13,21 @@ CREATE TABLE prediction_daily_best (
     created_at    timestamptz NOT NULL
 );
 
--- What the daily best needs of a row (not the whole row: that would copy every drawing).
-CREATE TYPE prediction_best_candidate AS (
-    id         bigint,
-    confidence double precision,
-    created_at timestamptz
-);
-
--- Offer rows as the best of their day: an upsert that replaces the kept row only when a row
--- beats it. Inserts only ever raise a day's best, so this is all an INSERT needs. Days in key
--- order, so concurrent writers lock the rows they share in the same order.
-CREATE FUNCTION prediction_daily_best_offer(candidates prediction_best_candidate[], zone text)
-    RETURNS void
-    LANGUAGE sql
-AS $$
-    INSERT INTO prediction_daily_best AS b (day, prediction_id, confidence, created_at)
-    SELECT DISTINCT ON (1) (c.created_at AT TIME ZONE zone)::date, c.id, c.confidence,
-           c.created_at
-    FROM unnest(candidates) AS c
-    ORDER BY 1, c.confidence DESC, c.created_at, c.id
-    ON CONFLICT (day) DO UPDATE
-        SET prediction_id = excluded.prediction_id, confidence = excluded.confidence,
-            created_at = excluded.created_at
-        WHERE (excluded.confidence, b.created_at, b.prediction_id)
-              > (b.confidence, excluded.created_at, excluded.prediction_id);
-$$;
-
--- Recount the best of the given days from the table: when a day's best row was deleted or
--- changed. Each day's kept row is locked first, so a writer that offers a row meanwhile either
--- committed before (and the recount sees its row) or waits and compares with the result.
+-- Recount the best of the given days from the table (after a delete or a manual fix). A day's
+-- kept row is locked first, so a writer that offers a row meanwhile either committed before
+-- (the recount sees its row) or waits and compares with the result. A day with no kept row
+-- yet may get one from a concurrent insert, so there the recount is offered like any row.
 CREATE FUNCTION prediction_daily_best_recount(days date[], zone text) RETURNS void
     LANGUAGE plpgsql
 AS $$
 DECLARE
     d date;
-    best prediction_best_candidate;
+    kept boolean;
+    best record;
 BEGIN
     FOR d IN SELECT DISTINCT x FROM unnest(days) AS x ORDER BY x LOOP
         PERFORM 1 FROM prediction_daily_best WHERE day = d FOR UPDATE;
+        kept := FOUND;
         SELECT id, confidence, created_at INTO best
         FROM predictions
         WHERE created_at >= (d::timestamp AT TIME ZONE zone)
@@ -59,13 +36,20 @@ BEGIN
         ORDER BY confidence DESC, created_at, id
         LIMIT 1;
         IF NOT FOUND THEN
-            DELETE FROM prediction_daily_best WHERE day = d;
+            DELETE FROM prediction_daily_best WHERE day = d AND kept;
+        ELSIF kept THEN
+            UPDATE prediction_daily_best
+            SET prediction_id = best.id, confidence = best.confidence,
+                created_at = best.created_at
+            WHERE day = d;
         ELSE
             INSERT INTO prediction_daily_best AS b (day, prediction_id, confidence, created_at)
             VALUES (d, best.id, best.confidence, best.created_at)
             ON CONFLICT (day) DO UPDATE
                 SET prediction_id = excluded.prediction_id, confidence = excluded.confidence,
-                    created_at = excluded.created_at;
+                    created_at = excluded.created_at
+                WHERE (excluded.confidence, b.created_at, b.prediction_id)
+                      > (b.confidence, excluded.created_at, excluded.prediction_id);
         END IF;
     END LOOP;
 END
@@ -74,42 +58,55 @@ $$;
 -- Statement triggers with transition tables, as in 0003. Named so they fire before the
 -- roll-up triggers (alphabetical order): every writer locks this table's row first, then the
 -- roll-ups', always in the same order.
-CREATE FUNCTION prediction_daily_best_trigger() RETURNS trigger
+--
+-- An insert can only raise a day's best: the statement's best row per day is offered with one
+-- upsert that replaces the kept row only when it beats it (plpgsql, so the plan is cached per
+-- connection; this runs on every write).
+CREATE FUNCTION prediction_daily_best_insert() RETURNS trigger
+    LANGUAGE plpgsql
+AS $$
+DECLARE
+    zone text := (SELECT time_zone FROM rollup_settings);
+BEGIN
+    INSERT INTO prediction_daily_best AS b (day, prediction_id, confidence, created_at)
+    SELECT DISTINCT ON (1) (n.created_at AT TIME ZONE zone)::date, n.id, n.confidence,
+           n.created_at
+    FROM new_rows AS n
+    WHERE n.is_digit IS NOT FALSE
+    ORDER BY 1, n.confidence DESC, n.created_at, n.id
+    ON CONFLICT (day) DO UPDATE
+        SET prediction_id = excluded.prediction_id, confidence = excluded.confidence,
+            created_at = excluded.created_at
+        WHERE (excluded.confidence, b.created_at, b.prediction_id)
+              > (b.confidence, excluded.created_at, excluded.prediction_id);
+    RETURN NULL;
+END
+$$;
+
+-- A delete, or an update of created_at, confidence or is_digit (a manual fix), may lower a
+-- day's best or move a row to another day: those days are recounted. Feedback, dropping a
+-- drawing and an idempotent re-insert change none of these columns and cost nothing here.
+CREATE FUNCTION prediction_daily_best_change() RETURNS trigger
     LANGUAGE plpgsql
 AS $$
 DECLARE
     zone text := (SELECT time_zone FROM rollup_settings);
     stale date[];
-    offered prediction_best_candidate[];
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        SELECT array_agg(ROW(n.id, n.confidence, n.created_at)::prediction_best_candidate)
-        INTO offered
-        FROM new_rows AS n WHERE n.is_digit IS NOT FALSE;
-    ELSIF TG_OP = 'DELETE' THEN
+    IF TG_OP = 'DELETE' THEN
         SELECT array_agg(b.day) INTO stale
         FROM prediction_daily_best AS b JOIN old_rows AS o ON o.id = b.prediction_id;
     ELSE
-        -- Only rows whose created_at, confidence or is_digit changed: feedback, dropping a
-        -- drawing or an idempotent re-insert changes nothing here.
-        SELECT array_agg(b.day) INTO stale
-        FROM prediction_daily_best AS b
-        JOIN old_rows AS o ON o.id = b.prediction_id
+        SELECT array_agg(c.day) INTO stale
+        FROM old_rows AS o
         JOIN new_rows AS nw ON nw.id = o.id
+        CROSS JOIN LATERAL (VALUES ((o.created_at AT TIME ZONE zone)::date),
+                                   ((nw.created_at AT TIME ZONE zone)::date)) AS c(day)
         WHERE (o.created_at, o.confidence, o.is_digit)
-              IS DISTINCT FROM (nw.created_at, nw.confidence, nw.is_digit);
-        SELECT array_agg(ROW(nw.id, nw.confidence, nw.created_at)::prediction_best_candidate)
-        INTO offered
-        FROM old_rows AS o JOIN new_rows AS nw ON nw.id = o.id
-        WHERE nw.is_digit IS NOT FALSE
-          AND (o.created_at, o.confidence, o.is_digit)
               IS DISTINCT FROM (nw.created_at, nw.confidence, nw.is_digit);
     END IF;
     IF stale IS NOT NULL THEN
         PERFORM prediction_daily_best_recount(stale, zone);
-    END IF;
-    IF offered IS NOT NULL THEN
-        PERFORM prediction_daily_best_offer(offered, zone);
     END IF;
     RETURN NULL;
 END
@@ -117,13 +114,13 @@ $$;
 
 CREATE TRIGGER prediction_best_insert AFTER INSERT ON predictions
     REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION prediction_daily_best_trigger();
+    FOR EACH STATEMENT EXECUTE FUNCTION prediction_daily_best_insert();
 CREATE TRIGGER prediction_best_update AFTER UPDATE ON predictions
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION prediction_daily_best_trigger();
+    FOR EACH STATEMENT EXECUTE FUNCTION prediction_daily_best_change();
 CREATE TRIGGER prediction_best_delete AFTER DELETE ON predictions
     REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION prediction_daily_best_trigger();
+    FOR EACH STATEMENT EXECUTE FUNCTION prediction_daily_best_change();
 
 CREATE OR REPLACE FUNCTION prediction_rollup_truncate() RETURNS trigger
     LANGUAGE plpgsql
