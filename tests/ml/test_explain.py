@@ -151,6 +151,7 @@ def test_prepared_model_computes_the_same_function_and_leaves_the_served_one_alo
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
+                assert module.running_mean is not None and module.running_var is not None
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
                 module.weight.uniform_(0.5, 1.5)
@@ -185,7 +186,9 @@ def _reference(model: nn.Module, x: torch.Tensor, digit: int, points: int = 160)
     ).double()
     base = explain.black_baseline()
     total = torch.zeros(28, 28, dtype=torch.float64)
-    for alphas, w in zip(torch.cat([near, far]).split(128), widths.split(128), strict=True):
+    for alphas, w in zip(
+        torch.split(torch.cat([near, far]), 128), torch.split(widths, 128), strict=True
+    ):
         path = (base + alphas.view(-1, 1, 1, 1) * (x - base)).requires_grad_(True)
         (grads,) = torch.autograd.grad(model(path)[:, digit].sum(), path)
         total += (grads[:, 0].double() * w.view(-1, 1, 1)).sum(dim=0)

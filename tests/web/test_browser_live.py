@@ -149,7 +149,8 @@ def _clear(page: Any) -> None:
     page.get_by_role("button", name="Clear", exact=True).click()
     page.get_by_text("Your prediction appears here.").wait_for()
     deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
-    while canvas.evaluate("c => c.__cleared === true"):
+    # For a moment the old canvas and the new one are both on the page: wait for the new alone.
+    while not canvas.evaluate_all("cs => cs.length === 1 && cs[0].__cleared !== true"):
         assert time.monotonic() < deadline, "Clear did not bring a fresh canvas"
         page.wait_for_timeout(50)
     _wait_idle(page)
