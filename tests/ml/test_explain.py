@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import io
+import weakref
 
 import numpy as np
 import pytest
@@ -171,6 +173,15 @@ def test_prepared_model_computes_the_same_function_and_leaves_the_served_one_alo
     np.testing.assert_allclose(folded.values, plain.values, atol=1e-3)
     assert folded.baseline_logit == pytest.approx(plain.baseline_logit, abs=1e-6)
     assert explain.prepared(model) is explain.prepared(model)  # made once per served model
+
+
+def test_a_prepared_copy_does_not_keep_a_swapped_out_model_alive() -> None:
+    model = Smooth().eval()
+    explain.prepared(model)
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None
 
 
 def _reference(model: nn.Module, x: torch.Tensor, digit: int, points: int = 160) -> np.ndarray:

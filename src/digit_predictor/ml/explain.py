@@ -147,20 +147,20 @@ class PreparedModel:
     def __init__(self, model: nn.Module, *, fold: bool = True) -> None:
         if model.training:
             raise ValueError("the model must be in eval mode")
-        self.source = model
         self.temperature = _temperature(model)
-        self.net = _folded(model) if fold else model
         with torch.inference_mode():
-            reference = model(black_baseline())[0].double().clone()
-            if self.net is not model:
-                probe = torch.cat([black_baseline(), _probe()])
-                if not torch.allclose(self.net(probe), model(probe), atol=self.FOLD_TOLERANCE):
-                    self.net = model
-        self.baseline_logits = reference
-
-    @property
-    def folded(self) -> bool:
-        return self.net is not self.source
+            self.baseline_logits = model(black_baseline())[0].double().clone()
+        # A prepared copy never refers to its model: `prepared` keys its cache weakly on it.
+        self.net = model
+        self.folded = False
+        if fold:
+            self.net = _frozen_copy(model, fuse=True)
+            probe = torch.cat([black_baseline(), _probe()])
+            with torch.inference_mode():
+                same = torch.allclose(self.net(probe), model(probe), atol=self.FOLD_TOLERANCE)
+            self.folded = same
+            if not same:
+                self.net = _frozen_copy(model, fuse=False)
 
 
 def _probe() -> torch.Tensor:
@@ -170,11 +170,12 @@ def _probe() -> torch.Tensor:
     return torch.stack([to_model_tensor(image) for image in pixels])
 
 
-def _folded(model: nn.Module) -> nn.Module:
-    """A frozen copy of `model`, each Conv2d -> BatchNorm2d pair of a Sequential fused into one."""
+def _frozen_copy(model: nn.Module, *, fuse: bool) -> nn.Module:
+    """A copy of `model` without parameter gradients; with `fuse`, each Conv2d -> BatchNorm2d
+    pair of a Sequential is one convolution."""
     net = copy.deepcopy(model).eval()
     for module in net.modules():
-        if not isinstance(module, nn.Sequential):
+        if not fuse or not isinstance(module, nn.Sequential):
             continue
         for i in range(len(module) - 1):
             conv, norm = module[i], module[i + 1]
