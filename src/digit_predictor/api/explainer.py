@@ -1,5 +1,8 @@
 """A stored prediction -> why: its drawing read back from PostgreSQL, preprocessed exactly as when
-it was served, and explained by the model serving now. Plain blocking code (plain `def` routes)."""
+it was served, and explained by the model serving now. Plain blocking code (plain `def` routes).
+
+Each served model is prepared for gradients once (batch norm folded, parameters frozen: see
+`explain.PreparedModel`), on its first explanation; a swapped-out model's copy goes with it."""
 
 from __future__ import annotations
 
@@ -39,4 +42,6 @@ def explain_prediction(
             f"the drawing of prediction {prediction_id} cannot be preprocessed any more: {exc}"
         ) from exc
     target = prediction.predicted_digit if digit is None else digit
-    return ExplainedPrediction(prediction, explain.explain(classifier.model, pre, target))
+    return ExplainedPrediction(
+        prediction, explain.explain(explain.prepared(classifier.model), pre, target)
+    )
