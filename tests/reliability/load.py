@@ -33,6 +33,17 @@ class LoadResult:
         return [o.error for o in self.outcomes if o.error]
 
 
+def _outcome(response: httpx.Response) -> Outcome:
+    """The answer, or what came instead of JSON (a proxy's empty 502 says who answered)."""
+    answered_at = time.monotonic()
+    try:
+        return Outcome(response.status_code, response.json(), answered_at=answered_at)
+    except ValueError:
+        server = response.headers.get("server", "?")
+        error = f"{response.status_code} from {server!r}, not JSON: {response.text[:200]!r}"
+        return Outcome(response.status_code, None, error, answered_at=answered_at)
+
+
 def run_load(
     url: str,
     images: Sequence[bytes],
@@ -62,12 +73,11 @@ def run_load(
                         files={"image": (f"{i}.png", png, "image/png")},
                         data={"source": "load"},
                     )
-                    outcome = Outcome(
-                        response.status_code, response.json(), answered_at=time.monotonic()
-                    )
-                except (httpx.HTTPError, ValueError) as exc:
+                except httpx.HTTPError as exc:
                     error = f"{type(exc).__name__}: {exc}"
                     outcome = Outcome(None, None, error, answered_at=time.monotonic())
+                else:
+                    outcome = _outcome(response)
                 with lock:
                     result.outcomes.append(outcome)
 

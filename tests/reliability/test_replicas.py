@@ -3,7 +3,7 @@
 What deploy/k8s/ asks of Kubernetes (a Service spreading requests over api pods, an ingress
 keeping each browser on one web pod, pods stopped one at a time), shown on one machine with a
 real PostgreSQL, real uvicorn and Streamlit processes and Caddy (tests/reliability/
-replicas.Caddyfile): round robin to the api, cookie affinity to the web.
+replicas.Caddyfile): fewest requests in flight to the api, cookie affinity to the web.
 
 (a) requests reach both api replicas; (b) a browser session stays on its web replica across
 reruns and reloads, and has to (its media exist on that replica only); (c) SIGTERM to one api
@@ -190,7 +190,7 @@ def answered_ids(outcomes: list[Any]) -> list[str]:
     return sorted(str(o.body["request_id"]) for o in outcomes if o.body and o.status in (201, 202))
 
 
-# ---- (a) round robin ----------------------------------------------------------------------
+# ---- (a) load balancing -------------------------------------------------------------------
 
 
 def test_requests_reach_both_api_replicas(replicas: Replicas, database_url: str) -> None:
@@ -211,7 +211,7 @@ def test_requests_reach_both_api_replicas(replicas: Replicas, database_url: str)
     wait_for(lambda: sum(len(served) for served in per_replica_now()) >= len(answered), 10.0)
     per_replica = per_replica_now()
     print(f"\n200 predictions through Caddy: {[len(s) for s in per_replica]} per api replica")
-    # Round robin: each replica took about half; together exactly the answered ones, once each.
+    # Fewest in flight: each replica took about half; together exactly the answered ones, once each.
     assert all(60 <= len(served) <= 140 for served in per_replica), per_replica
     assert per_replica[0].isdisjoint(per_replica[1])
     assert sorted(per_replica[0] | per_replica[1]) == answered
