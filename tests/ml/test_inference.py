@@ -110,3 +110,11 @@ def test_pickled_code_is_not_executed(tmp_path: Path) -> None:
     torch.save({"payload": Evil()}, weights)
     with pytest.raises(ModelLoadError):
         Classifier.load(weights)
+
+
+def test_an_unknown_architecture_is_a_model_that_cannot_be_loaded(tmp_path: Path) -> None:
+    # A registry row from a newer release: the api's champion watcher keeps its current model
+    # on ModelLoadError, so anything else would kill the watcher thread.
+    weights = copy_model(tmp_path)
+    with pytest.raises(ModelLoadError, match="unknown architecture 'a'"):
+        Classifier.from_weights("a", weights.read_bytes(), {}, origin="registry version x")

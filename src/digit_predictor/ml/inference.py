@@ -83,7 +83,12 @@ class Classifier:
         cls, arch: str, weights: bytes, card: dict[str, Any], *, origin: str = "weights"
     ) -> Classifier:
         """A classifier from state-dict bytes (a file's, or the model registry's)."""
-        model = build_model(arch)
+        try:
+            # An unknown architecture (a registry row from a newer release) is a model that
+            # cannot be loaded, like broken weights: the caller keeps serving what it has.
+            model = build_model(arch)
+        except ValueError as exc:
+            raise ModelLoadError(f"cannot load {origin}: {exc}") from exc
         try:
             # weights_only: a weights file must never be able to run code when loaded.
             state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
