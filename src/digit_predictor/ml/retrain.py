@@ -320,7 +320,11 @@ def retrain(
     )
     seconds["fine_tuning"] = result.seconds
     context = HookContext(train_set, holdout_set, replay, champion)
-    post_finetune = {hook.name: hook(result.model, context) for hook in hooks}
+    post_finetune: dict[str, Any] = {}
+    for hook in hooks:
+        mark = time.perf_counter()
+        post_finetune[hook.name] = hook(result.model, context)
+        seconds[f"post_finetune_{hook.name}"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     gate = run_gate(
