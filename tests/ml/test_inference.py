@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
-from digit_predictor.ml.explain import is_prepared
 from digit_predictor.ml.inference import Classifier, ModelLoadError, ModelNotFoundError
 from digit_predictor.ml.preprocess import preprocess_bytes
 from digit_predictor.ml.synthetic_digits import pen_digit, to_png
@@ -32,13 +31,6 @@ def test_shipped_weights_are_small_and_described_by_the_card(shipped: Classifier
         assert key in card, key
     assert shipped.version == card["version"]
     assert shipped.is_warm
-
-
-def test_warm_up_prepares_the_explanations_copy() -> None:
-    classifier = Classifier.load(DEFAULT_MODEL_PATH)
-    assert not is_prepared(classifier.model)
-    classifier.warm_up()
-    assert is_prepared(classifier.model)
 
 
 def test_predict_proba_rows_are_probabilities(shipped: Classifier) -> None:

@@ -204,11 +204,6 @@ def prepared(model: nn.Module) -> PreparedModel:
         return ready
 
 
-def is_prepared(model: nn.Module) -> bool:
-    with _prepared_lock:
-        return model in _prepared
-
-
 def integrated_gradients(
     model: nn.Module | PreparedModel,
     x: torch.Tensor,

@@ -116,13 +116,8 @@ class Classifier:
         return self.assess(batch).probabilities
 
     def warm_up(self) -> None:
-        """Run one dummy batch so the first real request does not pay for allocator set-up,
-        and make the explanations' folded copy (about 1 MB), so the first "Why?" after a start
-        or a model swap does not pay ~140 ms for it."""
-        from digit_predictor.ml.explain import prepared
-
+        """Run one dummy batch so the first real request does not pay for allocator set-up."""
         self.predict_proba(torch.zeros(1, 1, 28, 28))
-        prepared(self.model)
         self._warm.set()
 
     @property
