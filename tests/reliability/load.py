@@ -34,7 +34,7 @@ class LoadResult:
 
 
 def _outcome(response: httpx.Response) -> Outcome:
-    """The answer, or what came instead of JSON (a proxy's empty 502 says who answered)."""
+    """The answer, or what came instead of JSON (a proxy's empty 5xx says who answered)."""
     answered_at = time.monotonic()
     try:
         return Outcome(response.status_code, response.json(), answered_at=answered_at)
