@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -135,6 +136,66 @@ def test_while_the_database_is_away_rows_queue_and_answers_do_not_wait() -> None
     assert [r.request_id for r in db.written[1:]] == [r.request_id for r in rows]  # in order
     assert len(db.batches) <= 2  # the backlog goes in one large batch, not row by row
     assert writer.close(1.0) == 0
+
+
+def test_requests_on_the_event_loop_wait_for_their_commit_without_a_thread() -> None:
+    db = FlakyDatabase()
+    db.delay_s = 0.02
+    writer = make_writer(db)
+    writer.start()
+    rows = [row(i) for i in range(64)]
+    threads_before = threading.active_count()
+
+    async def send_all() -> list[int | None]:
+        waits = [asyncio.ensure_future(writer.save_async(r, wait_s=10.0)) for r in rows]
+        await asyncio.sleep(0.01)
+        # 64 requests waiting for their commit, and not one thread more for them.
+        assert threading.active_count() == threads_before
+        return await asyncio.gather(*waits)
+
+    ids = asyncio.run(send_all())
+    by_request = {r.request_id: i + 1 for i, r in enumerate(db.written)}
+    assert ids == [by_request[r.request_id] for r in rows]  # each gets its own row's id
+    assert len(db.batches) < 32, f"{len(db.batches)} commits for 64 rows: no grouping"
+    assert writer.close(1.0) == 0
+
+
+def test_on_the_event_loop_a_slow_database_answers_queued_and_spools_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    db = FlakyDatabase()
+    db.delay_s = 0.5  # slower than the wait: the answer goes out first (202)
+    spool = Spool(tmp_path)
+    writer = make_writer(db, spool=spool)
+    writer.start()
+    first, second = row(1), row(2)
+
+    async def send() -> list[int | None]:
+        started = time.monotonic()
+        answers = [await writer.save_async(r, wait_s=0.1) for r in (first, second)]
+        assert time.monotonic() - started < 0.5
+        return answers
+
+    # The loop is closed when the commits finally land: the writer must not mind.
+    assert asyncio.run(send()) == [None, None]
+    assert len(spool) >= 1  # on disk before the answer went out
+    wait_for(lambda: len(writer) == 0)
+    assert [r.request_id for r in db.written] == [first.request_id, second.request_id]
+    assert len(spool) == 0
+    writer.close(1.0)
+    spool.close(keep=False)
+
+
+def test_on_the_event_loop_a_refused_row_raises() -> None:
+    db = FlakyDatabase()
+    writer = make_writer(db)
+    writer.start()
+    bad = row(9)
+    db.reject = {bad.request_id}
+    with pytest.raises(RowRejected):
+        asyncio.run(writer.save_async(bad, wait_s=5.0))
+    assert asyncio.run(writer.save_async(row(1), wait_s=5.0)) == 1  # the writer carries on
+    writer.close(1.0)
 
 
 def test_a_full_queue_refuses_and_counts() -> None:

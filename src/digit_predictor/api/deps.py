@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from digit_predictor.api.champion import ChampionWatcher
+from digit_predictor.api.compute import Compute
 from digit_predictor.api.metrics import Metrics
 from digit_predictor.api.predictor import Predictor
 from digit_predictor.api.shutdown import Drain
@@ -25,6 +26,7 @@ class Services:
     champion: ChampionWatcher
     db: Database
     store: PredictionStore
+    compute: Compute  # where decode, preprocess and the model run (a few threads)
 
 
 # async: these only look things up, and a plain `def` dependency would cost a thread hop.
@@ -52,6 +54,10 @@ async def get_store(services: ServicesDep) -> PredictionStore:
     return services.store
 
 
+async def get_compute(services: ServicesDep) -> Compute:
+    return services.compute
+
+
 async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
@@ -66,6 +72,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 StoreDep = Annotated[PredictionStore, Depends(get_store)]
+ComputeDep = Annotated[Compute, Depends(get_compute)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 DrainDep = Annotated[Drain, Depends(get_drain)]
 

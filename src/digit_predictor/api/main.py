@@ -19,6 +19,7 @@ from fastapi import FastAPI, Security
 
 from digit_predictor.api import errors
 from digit_predictor.api.champion import ChampionWatcher
+from digit_predictor.api.compute import Compute
 from digit_predictor.api.deps import Services
 from digit_predictor.api.limits import MULTIPART_OVERHEAD_BYTES, UploadLimitMiddleware
 from digit_predictor.api.logs import RequestLogMiddleware, configure_logging
@@ -93,6 +94,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
     )
     champion.start()
     return Services(
+        compute=Compute(settings.api_compute_threads),
         settings=settings,
         metrics=metrics,
         predictor=predictor,

@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from digit_predictor.api.compute import Compute
 from digit_predictor.api.metrics import Metrics
 from digit_predictor.api.predictor import Outcome, Predictor
 from digit_predictor.api.writer import PredictionStore
@@ -20,25 +21,28 @@ class StoredPrediction:
     id: int | None  # None: queued, written once PostgreSQL answers (the api answers 202)
 
 
-def predict(data: bytes, *, predictor: Predictor, metrics: Metrics) -> Outcome:
+async def predict(
+    data: bytes, *, compute: Compute, predictor: Predictor, metrics: Metrics
+) -> Outcome:
     """Raises InvalidImageError / EmptyDrawingError (bad drawing). Stores and counts nothing."""
-    outcome = predictor.predict(data)
+    outcome = await compute.run(predictor.predict, data)
     metrics.inference_latency.observe(outcome.latency_ms / 1000.0)
     return outcome
 
 
-def predict_and_store(
+async def predict_and_store(
     data: bytes,
     *,
     source: str | None,
     request_id: uuid.UUID,
+    compute: Compute,
     predictor: Predictor,
     store: PredictionStore,
     metrics: Metrics,
 ) -> StoredPrediction:
     """Raises InvalidImageError / EmptyDrawingError (bad drawing), QueueFull (cannot keep it),
     RowRejected (the database refused the row: a bug)."""
-    outcome = predict(data, predictor=predictor, metrics=metrics)
+    outcome = await predict(data, compute=compute, predictor=predictor, metrics=metrics)
     row = NewPrediction(
         predicted_digit=outcome.digit,
         confidence=outcome.confidence,
@@ -52,7 +56,7 @@ def predict_and_store(
         request_id=request_id,
         created_at=datetime.now(UTC),  # the answer says it, even when the row is queued
     )
-    row_id = store.save(row)
+    row_id = await store.save_async(row)
     metrics.predictions.labels(digit=str(outcome.digit)).inc()
     if row_id is None:
         metrics.queued_writes.inc()

@@ -13,9 +13,9 @@ from digit_predictor.api.metrics import Metrics
 from digit_predictor.ml.preprocess import EmptyDrawingError, InvalidImageError
 
 
-def read_drawing(image: UploadFile, *, limit: int, metrics: Metrics) -> bytes:
+async def read_drawing(image: UploadFile, *, limit: int, metrics: Metrics) -> bytes:
     """The upload's bytes; 413 when there are more than `limit`."""
-    data = image.file.read(limit + 1)
+    data = await image.read(limit + 1)
     if len(data) > limit:
         metrics.rejected_inputs.labels(reason="too_many_bytes").inc()
         raise HTTPException(

@@ -14,6 +14,8 @@ Full (rows or bytes) -> `QueueFull` (the route answers 503) rather than accept a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -21,6 +23,8 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+import anyio
 
 from digit_predictor.api.metrics import Metrics
 from digit_predictor.api.spool import Spool
@@ -52,7 +56,7 @@ class QueueFull(RuntimeError):
 class Pending:
     """One row on its way to PostgreSQL; `done` is set once it is stored or refused."""
 
-    __slots__ = ("done", "error", "id", "row", "size", "spooled")
+    __slots__ = ("_callbacks", "done", "error", "id", "row", "size", "spooled")
 
     def __init__(self, row: NewPrediction, *, spooled: bool = False) -> None:
         self.row = row
@@ -61,6 +65,20 @@ class Pending:
         self.id: int | None = None
         self.error: RowRejected | None = None
         self.spooled = spooled  # also on local disk (answered 202): remove it once written
+        self._callbacks: list[Callable[[], None]] = []
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from the writer's thread) once the row is settled; at once if it
+        already is. Called and settled under the writer's lock, so none is ever missed."""
+        if self.done.is_set():
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+    def settle(self) -> None:
+        self.done.set()
+        for callback in self._callbacks:
+            callback()
 
 
 class GroupCommitWriter:
@@ -109,12 +127,49 @@ class GroupCommitWriter:
         # While the database is known to be away, waiting would only slow every answer down.
         if not self._failing:
             pending.done.wait(wait_s)
-        if self._spool is not None and not pending.done.is_set():
+        if self._must_spool(pending):
+            # On disk before the 202 goes out: a worker killed now loses nothing.
+            self._spool_add(row)
+        return self._result(pending)
+
+    async def save_async(self, row: NewPrediction, wait_s: float) -> int | None:
+        """`save` for the event loop: the wait for the commit holds no thread, so a request's
+        thread (and its share of the GIL) is free for the next drawing meanwhile."""
+        pending = self.submit(row)
+        if not self._failing:
+            loop = asyncio.get_running_loop()
+            stored = loop.create_future()
+
+            def wake() -> None:  # from the writer's thread
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+                    loop.call_soon_threadsafe(_resolve, stored)
+
             with self._cond:
-                pending.spooled = not pending.done.is_set()
-            if pending.spooled:
-                # On disk before the 202 goes out: a worker killed now loses nothing.
-                self._spool.add(row)
+                pending.on_done(wake)
+            try:
+                async with asyncio.timeout(wait_s):
+                    await stored
+            except TimeoutError:
+                pass
+        if self._must_spool(pending):
+            await anyio.to_thread.run_sync(self._spool_add, row)  # SQLite: blocking I/O
+        return self._result(pending)
+
+    def _must_spool(self, pending: Pending) -> bool:
+        """Marks a row that is still queued as spooled (the writer then removes it from disk
+        once written); false when there is no spool or the row is settled."""
+        if self._spool is None or pending.done.is_set():
+            return False
+        with self._cond:
+            pending.spooled = not pending.done.is_set()
+        return pending.spooled
+
+    def _spool_add(self, row: NewPrediction) -> None:
+        assert self._spool is not None
+        self._spool.add(row)
+
+    @staticmethod
+    def _result(pending: Pending) -> int | None:
         if pending.error is not None:
             raise pending.error
         return pending.id
@@ -275,10 +330,15 @@ class GroupCommitWriter:
                 front = self._items.popleft()
                 assert front is pending
                 self._bytes -= pending.size
-                pending.done.set()
+                pending.settle()
             spooled = [p.row.request_id for p in settled if p.spooled]
         if spooled and self._spool is not None:
             self._spool.remove(spooled)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # the request may have stopped waiting (timed out)
+        future.set_result(None)
 
 
 class PredictionStore:
@@ -310,6 +370,10 @@ class PredictionStore:
         """The stored row's id, or None when the row is queued (written once PostgreSQL
         answers). Raises QueueFull when it cannot be kept."""
         return self.writer.save(row, self.wait_s)
+
+    async def save_async(self, row: NewPrediction) -> int | None:
+        """`save` without holding a thread while the row is committed (the api's path)."""
+        return await self.writer.save_async(row, self.wait_s)
 
     def record_feedback(self, prediction_id: int, true_digit: int) -> Prediction:
         """Raises PredictionNotFound, DatabaseUnavailable."""

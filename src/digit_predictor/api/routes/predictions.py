@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response as StarletteResponse
 
 from digit_predictor.api.deps import (
+    ComputeDep,
     DatabaseDep,
     MetricsDep,
     PredictorDep,
@@ -91,12 +92,13 @@ upload_router = APIRouter(
         **error_responses(400, 408, 413, 415, 422, 503),
     },
 )
-def create_prediction(
+async def create_prediction(
     image: Annotated[
         UploadFile,
         File(description="the drawing, PNG or JPEG, at most 1 MiB and 2048x2048 pixels"),
     ],
     predictor: PredictorDep,
+    compute: ComputeDep,
     store: StoreDep,
     metrics: MetricsDep,
     settings: SettingsDep,
@@ -106,14 +108,15 @@ def create_prediction(
         Form(max_length=64, pattern=SOURCE_PATTERN, description="who sent it, e.g. 'web'"),
     ] = None,
 ) -> PredictionCreated:
-    data = read_drawing(image, limit=settings.max_upload_bytes, metrics=metrics)
+    data = await read_drawing(image, limit=settings.max_upload_bytes, metrics=metrics)
     try:
         with bad_drawings_refused(metrics):
-            stored = predict_and_store(
+            stored = await predict_and_store(
                 data,
                 source=source,
                 # The request's id (also in its log line and X-Request-ID) identifies the row.
                 request_id=request_id_var.get() or uuid.uuid4(),
+                compute=compute,
                 predictor=predictor,
                 store=store,
                 metrics=metrics,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
 
-from digit_predictor.api.deps import MetricsDep, PredictorDep, SettingsDep
+from digit_predictor.api.deps import ComputeDep, MetricsDep, PredictorDep, SettingsDep
 from digit_predictor.api.errors import error_responses
 from digit_predictor.api.routes.predictions import MultipartRoute
 from digit_predictor.api.schemas import Preview
@@ -26,18 +26,19 @@ router = APIRouter(prefix="/v1/previews", tags=["previews"], route_class=Multipa
     ),
     responses=error_responses(400, 408, 413, 415, 422),
 )
-def create_preview(
+async def create_preview(
     image: Annotated[
         UploadFile,
         File(description="the drawing, PNG or JPEG, at most 1 MiB and 2048x2048 pixels"),
     ],
     predictor: PredictorDep,
+    compute: ComputeDep,
     settings: SettingsDep,
     metrics: MetricsDep,
 ) -> Preview:
-    data = read_drawing(image, limit=settings.max_upload_bytes, metrics=metrics)
+    data = await read_drawing(image, limit=settings.max_upload_bytes, metrics=metrics)
     with bad_drawings_refused(metrics):
-        outcome = predict(data, predictor=predictor, metrics=metrics)
+        outcome = await predict(data, compute=compute, predictor=predictor, metrics=metrics)
     return Preview(
         digit=outcome.digit,
         confidence=outcome.confidence,
