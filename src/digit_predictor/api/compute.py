@@ -20,7 +20,6 @@ T = TypeVar("T")
 
 class Compute:
     def __init__(self, threads: int) -> None:
-        self.threads = threads
         self._limiter = anyio.CapacityLimiter(threads)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:

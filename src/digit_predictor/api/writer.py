@@ -120,22 +120,12 @@ class GroupCommitWriter:
     def __len__(self) -> int:
         return len(self._items)
 
-    def save(self, row: NewPrediction, wait_s: float) -> int | None:
+    async def save_async(self, row: NewPrediction, wait_s: float) -> int | None:
         """The row's id once stored, or None when it is still queued after `wait_s` (then it
-        is written later). Raises QueueFull, or RowRejected if PostgreSQL refused the row."""
+        is written later, and is on disk first if there is a spool). Raises QueueFull, or
+        RowRejected if PostgreSQL refused the row. The wait for the commit holds no thread."""
         pending = self.submit(row)
         # While the database is known to be away, waiting would only slow every answer down.
-        if not self._failing:
-            pending.done.wait(wait_s)
-        if self._must_spool(pending):
-            # On disk before the 202 goes out: a worker killed now loses nothing.
-            self._spool_add(row)
-        return self._result(pending)
-
-    async def save_async(self, row: NewPrediction, wait_s: float) -> int | None:
-        """`save` for the event loop: the wait for the commit holds no thread, so a request's
-        thread (and its share of the GIL) is free for the next drawing meanwhile."""
-        pending = self.submit(row)
         if not self._failing:
             loop = asyncio.get_running_loop()
             stored = loop.create_future()
@@ -366,13 +356,9 @@ class PredictionStore:
         # The pool records how its last attempt went; the gauge only reads it.
         metrics.db_up.set_function(lambda: 1.0 if db.is_up else 0.0)
 
-    def save(self, row: NewPrediction) -> int | None:
+    async def save_async(self, row: NewPrediction) -> int | None:
         """The stored row's id, or None when the row is queued (written once PostgreSQL
         answers). Raises QueueFull when it cannot be kept."""
-        return self.writer.save(row, self.wait_s)
-
-    async def save_async(self, row: NewPrediction) -> int | None:
-        """`save` without holding a thread while the row is committed (the api's path)."""
         return await self.writer.save_async(row, self.wait_s)
 
     def record_feedback(self, prediction_id: int, true_digit: int) -> Prediction:
