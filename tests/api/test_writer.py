@@ -88,7 +88,7 @@ def make_writer(
 
 def save(writer: GroupCommitWriter, r: NewPrediction, wait_s: float) -> int | None:
     """One request's save, on an event loop of its own (as the api awaits it)."""
-    return asyncio.run(writer.save_async(r, wait_s))
+    return asyncio.run(writer.save(r, wait_s))
 
 
 def test_a_request_gets_its_own_id_when_the_database_answers() -> None:
@@ -130,7 +130,7 @@ def test_requests_on_the_event_loop_wait_for_their_commit_without_a_thread() -> 
     threads_before = threading.active_count()
 
     async def send_all() -> list[int | None]:
-        waits = [asyncio.ensure_future(writer.save_async(r, wait_s=10.0)) for r in rows]
+        waits = [asyncio.ensure_future(writer.save(r, wait_s=10.0)) for r in rows]
         await asyncio.sleep(0.01)
         # 64 requests waiting for their commit, and not one thread more for them.
         assert threading.active_count() == threads_before
@@ -155,7 +155,7 @@ def test_on_the_event_loop_a_slow_database_answers_queued_and_spools_and_loses_n
 
     async def send() -> list[int | None]:
         started = time.monotonic()
-        answers = [await writer.save_async(r, wait_s=0.1) for r in (first, second)]
+        answers = [await writer.save(r, wait_s=0.1) for r in (first, second)]
         assert time.monotonic() - started < 0.5
         return answers
 
@@ -176,8 +176,8 @@ def test_on_the_event_loop_a_refused_row_raises() -> None:
     bad = row(9)
     db.reject = {bad.request_id}
     with pytest.raises(RowRejected):
-        asyncio.run(writer.save_async(bad, wait_s=5.0))
-    assert asyncio.run(writer.save_async(row(1), wait_s=5.0)) == 1  # the writer carries on
+        asyncio.run(writer.save(bad, wait_s=5.0))
+    assert asyncio.run(writer.save(row(1), wait_s=5.0)) == 1  # the writer carries on
     writer.close(1.0)
 
 
@@ -277,7 +277,7 @@ def test_store_writes_batches_to_postgresql_once_per_request_id(db: Database) ->
     store = PredictionStore(db, metrics=Metrics(), max_rows=10, wait_s=5.0)
     store.start()
     new = row(3)
-    row_id = asyncio.run(store.save_async(new))
+    row_id = asyncio.run(store.save(new))
     assert row_id is not None
     assert queries.get_prediction(db, row_id).predicted_digit == 3
     # The same request_id again (a retry after an ambiguous commit): the same row, not another.
@@ -291,8 +291,8 @@ def test_store_queues_when_the_database_is_unreachable() -> None:
     metrics = Metrics()
     store = PredictionStore(dead, metrics=metrics, max_rows=10, wait_s=0.5)
     store.start()
-    assert asyncio.run(store.save_async(row(1))) is None
-    assert asyncio.run(store.save_async(row(2))) is None
+    assert asyncio.run(store.save(row(1))) is None
+    assert asyncio.run(store.save(row(2))) is None
     assert store.queued == 2
     assert metric(metrics, "digit_api_database_up") == 0
     assert store.close(0.2) == 2

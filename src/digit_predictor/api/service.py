@@ -56,7 +56,7 @@ async def predict_and_store(
         request_id=request_id,
         created_at=datetime.now(UTC),  # the answer says it, even when the row is queued
     )
-    row_id = await store.save_async(row)
+    row_id = await store.save(row)
     metrics.predictions.labels(digit=str(outcome.digit)).inc()
     if row_id is None:
         metrics.queued_writes.inc()

@@ -54,14 +54,14 @@ class QueueFull(RuntimeError):
 
 
 class Pending:
-    """One row on its way to PostgreSQL; `done` is set once it is stored or refused."""
+    """One row on its way to PostgreSQL; `done` once it is stored or refused."""
 
     __slots__ = ("_callbacks", "done", "error", "id", "row", "size", "spooled")
 
     def __init__(self, row: NewPrediction, *, spooled: bool = False) -> None:
         self.row = row
         self.size = len(row.image_data)
-        self.done = threading.Event()
+        self.done = False  # written under the writer's lock; nobody blocks on it
         self.id: int | None = None
         self.error: RowRejected | None = None
         self.spooled = spooled  # also on local disk (answered 202): remove it once written
@@ -70,13 +70,13 @@ class Pending:
     def on_done(self, callback: Callable[[], None]) -> None:
         """Call `callback` (from the writer's thread) once the row is settled; at once if it
         already is. Called and settled under the writer's lock, so none is ever missed."""
-        if self.done.is_set():
+        if self.done:
             callback()
         else:
             self._callbacks.append(callback)
 
     def settle(self) -> None:
-        self.done.set()
+        self.done = True
         for callback in self._callbacks:
             callback()
 
@@ -120,7 +120,7 @@ class GroupCommitWriter:
     def __len__(self) -> int:
         return len(self._items)
 
-    async def save_async(self, row: NewPrediction, wait_s: float) -> int | None:
+    async def save(self, row: NewPrediction, wait_s: float) -> int | None:
         """The row's id once stored, or None when it is still queued after `wait_s` (then it
         is written later, and is on disk first if there is a spool). Raises QueueFull, or
         RowRejected if PostgreSQL refused the row. The wait for the commit holds no thread."""
@@ -141,25 +141,13 @@ class GroupCommitWriter:
                     await stored
             except TimeoutError:
                 pass
-        if self._must_spool(pending):
-            await anyio.to_thread.run_sync(self._spool_add, row)  # SQLite: blocking I/O
-        return self._result(pending)
-
-    def _must_spool(self, pending: Pending) -> bool:
-        """Marks a row that is still queued as spooled (the writer then removes it from disk
-        once written); false when there is no spool or the row is settled."""
-        if self._spool is None or pending.done.is_set():
-            return False
-        with self._cond:
-            pending.spooled = not pending.done.is_set()
-        return pending.spooled
-
-    def _spool_add(self, row: NewPrediction) -> None:
-        assert self._spool is not None
-        self._spool.add(row)
-
-    @staticmethod
-    def _result(pending: Pending) -> int | None:
+        spool = self._spool
+        if spool is not None and not pending.done:
+            with self._cond:  # the writer removes a spooled row from disk once it is written
+                pending.spooled = not pending.done
+            if pending.spooled:
+                # On disk before the 202 goes out: a worker killed now loses nothing.
+                await anyio.to_thread.run_sync(spool.add, row)  # SQLite: blocking I/O
         if pending.error is not None:
             raise pending.error
         return pending.id
@@ -356,10 +344,10 @@ class PredictionStore:
         # The pool records how its last attempt went; the gauge only reads it.
         metrics.db_up.set_function(lambda: 1.0 if db.is_up else 0.0)
 
-    async def save_async(self, row: NewPrediction) -> int | None:
+    async def save(self, row: NewPrediction) -> int | None:
         """The stored row's id, or None when the row is queued (written once PostgreSQL
         answers). Raises QueueFull when it cannot be kept."""
-        return await self.writer.save_async(row, self.wait_s)
+        return await self.writer.save(row, self.wait_s)
 
     def record_feedback(self, prediction_id: int, true_digit: int) -> Prediction:
         """Raises PredictionNotFound, DatabaseUnavailable."""
