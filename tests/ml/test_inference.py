@@ -12,9 +12,15 @@ import pytest
 import torch
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
-from digit_predictor.ml.inference import Classifier, ModelLoadError, ModelNotFoundError
+from digit_predictor.ml.inference import (
+    Classifier,
+    ModelLoadError,
+    ModelNotFoundError,
+    serving_copy,
+)
 from digit_predictor.ml.preprocess import preprocess_bytes
 from digit_predictor.ml.synthetic_digits import pen_digit, to_png
+from digit_predictor.ml.trust_head import assess
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +77,20 @@ def test_concurrent_calls_agree_with_serial_ones(shipped: Classifier) -> None:
         t.join()
     for i, expected in enumerate(serial):
         assert np.allclose(results[i], expected, atol=1e-6)
+
+
+def test_answers_are_the_trained_networks_answers(shipped: Classifier) -> None:
+    """`assess` serves a rearranged copy (batch norms folded, channels-last): same answers."""
+    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    served = shipped.assess(x)
+    with torch.inference_mode():
+        out = assess(shipped.model.eval(), x)
+    expected = torch.softmax(out.logits.double(), dim=1).numpy()
+    assert np.allclose(served.probabilities, expected, atol=1e-5)
+    assert np.allclose(served.ood_score, out.ood_score.numpy(), atol=1e-5)
+    folded = serving_copy(shipped.model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in shipped.model.modules())  # untouched
 
 
 def copy_model(tmp_path: Path) -> Path:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import base64
 import io
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image
 
 from digit_predictor.ml.inference import Classifier
-from digit_predictor.ml.preprocess import preprocess_bytes
+from digit_predictor.ml.preprocess import Preprocessed, preprocess_bytes
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,15 @@ class Outcome:
         return base64.b64encode(self.model_input_png()).decode("ascii")
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A drawing ready for the model, and the model that is to answer it."""
+
+    classifier: Classifier
+    pre: Preprocessed
+    started: float  # perf_counter when its request's CPU work began
+
+
 class Predictor:
     def __init__(self, classifier: Classifier, *, max_side: int) -> None:
         self._classifier = classifier
@@ -64,23 +75,41 @@ class Predictor:
         previous, self._classifier = self._classifier, classifier
         return previous
 
-    def predict(self, data: bytes) -> Outcome:
-        """Raises InvalidImageError or EmptyDrawingError (both ValueError) for bad drawings."""
+    def prepare(self, data: bytes) -> Prepared:
+        """Decode and preprocess. Raises InvalidImageError or EmptyDrawingError (both
+        ValueError) for bad drawings."""
         started = time.perf_counter()
         classifier = self._classifier  # one model for the whole request, whatever swaps meanwhile
-        pre = preprocess_bytes(data, max_side=self.max_side)
-        verdict = classifier.assess(pre.tensor.unsqueeze(0))
-        probs = verdict.probabilities[0]
-        digit = int(probs.argmax())
-        # Softmax in float64 sums to 1 within rounding; clip guards the [0, 1] check constraint.
-        probabilities = [min(max(float(p), 0.0), 1.0) for p in probs]
-        return Outcome(
-            digit=digit,
-            confidence=probabilities[digit],
-            probabilities=probabilities,
-            is_digit=bool(verdict.is_digit[0]),
-            ood_score=min(max(float(verdict.ood_score[0]), 0.0), 1.0),
-            latency_ms=(time.perf_counter() - started) * 1000.0,
-            model_version=classifier.version,
-            model_input=pre.image,
-        )
+        return Prepared(classifier, preprocess_bytes(data, max_side=self.max_side), started)
+
+    def answer(self, batch: Sequence[Prepared]) -> list[Outcome]:
+        """Run the model once for a batch of prepared drawings (once per model, should a swap
+        have split the batch); outcomes in the batch's order."""
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        by_model: dict[int, list[int]] = {}
+        for i, item in enumerate(batch):
+            by_model.setdefault(id(item.classifier), []).append(i)
+        for indices in by_model.values():
+            classifier = batch[indices[0]].classifier
+            verdict = classifier.assess(torch.stack([batch[i].pre.tensor for i in indices]))
+            finished = time.perf_counter()
+            for row, i in enumerate(indices):
+                probs = verdict.probabilities[row]
+                digit = int(probs.argmax())
+                # Softmax in float64 sums to 1 within rounding; clip guards the [0, 1] check.
+                probabilities = [min(max(float(p), 0.0), 1.0) for p in probs]
+                outcomes[i] = Outcome(
+                    digit=digit,
+                    confidence=probabilities[digit],
+                    probabilities=probabilities,
+                    is_digit=bool(verdict.is_digit[row]),
+                    ood_score=min(max(float(verdict.ood_score[row]), 0.0), 1.0),
+                    latency_ms=(finished - batch[i].started) * 1000.0,
+                    model_version=classifier.version,
+                    model_input=batch[i].pre.image,
+                )
+        return [o for o in outcomes if o is not None]
+
+    def predict(self, data: bytes) -> Outcome:
+        """One drawing, start to end (blocking). Raises what `prepare` raises."""
+        return self.answer([self.prepare(data)])[0]

@@ -25,7 +25,7 @@ async def predict(
     data: bytes, *, compute: Compute, predictor: Predictor, metrics: Metrics
 ) -> Outcome:
     """Raises InvalidImageError / EmptyDrawingError (bad drawing). Stores and counts nothing."""
-    outcome = await compute.run(predictor.predict, data)
+    outcome = await compute.predict(predictor, data)
     metrics.inference_latency.observe(outcome.latency_ms / 1000.0)
     return outcome
 

@@ -23,7 +23,6 @@ Nothing here runs on the predict path: explanations are computed on demand.
 
 from __future__ import annotations
 
-import copy
 import io
 import threading
 import time
@@ -35,8 +34,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from digit_predictor.ml.models import inference_copy
 from digit_predictor.ml.preprocess import Preprocessed, to_model_tensor
 
 METHOD: Final = "integrated_gradients"
@@ -154,13 +153,13 @@ class PreparedModel:
         self.net = model
         self.folded = False
         if fold:
-            self.net = _frozen_copy(model, fuse=True)
+            self.net = inference_copy(model)
             probe = torch.cat([black_baseline(), _probe()])
             with torch.inference_mode():
                 same = torch.allclose(self.net(probe), model(probe), atol=self.FOLD_TOLERANCE)
             self.folded = same
             if not same:
-                self.net = _frozen_copy(model, fuse=False)
+                self.net = inference_copy(model, fold_batch_norms=False)
 
 
 def _probe() -> torch.Tensor:
@@ -168,23 +167,6 @@ def _probe() -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (4, 28, 28), generator=generator, dtype=torch.uint8).numpy()
     return torch.stack([to_model_tensor(image) for image in pixels])
-
-
-def _frozen_copy(model: nn.Module, *, fuse: bool) -> nn.Module:
-    """A copy of `model` without parameter gradients; with `fuse`, each Conv2d -> BatchNorm2d
-    pair of a Sequential is one convolution."""
-    net = copy.deepcopy(model).eval()
-    for module in net.modules():
-        if not fuse or not isinstance(module, nn.Sequential):
-            continue
-        for i in range(len(module) - 1):
-            conv, norm = module[i], module[i + 1]
-            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
-                module[i] = fuse_conv_bn_eval(conv, norm)
-                module[i + 1] = nn.Identity()
-    for parameter in net.parameters():
-        parameter.requires_grad_(False)
-    return net
 
 
 _prepared: weakref.WeakKeyDictionary[nn.Module, PreparedModel] = weakref.WeakKeyDictionary()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from digit_predictor.ml.card import CardError, ModelCard
-from digit_predictor.ml.models import build_model
+from digit_predictor.ml.models import build_model, inference_copy
 from digit_predictor.ml.trust_head import assess, head_of, load_state
 
 CARD_NAME = ModelCard.FILE_NAME
@@ -42,6 +42,16 @@ class Assessment:
     is_digit: np.ndarray  # (N,) bool
 
 
+def serving_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The network as it answers requests: batch norms folded (models.inference_copy), weights
+    in channels-last layout, the layout oneDNN's CPU convolutions work in, so nothing is
+    reordered per call. About half the CPU per drawing in a batch (docs/api.md)."""
+    fast = inference_copy(model)
+    # In place; `memory_format` is documented but missing from torch's type hints.
+    fast.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return fast
+
+
 class Classifier:
     """A trained digit classifier in eval mode; `predict_proba` may be called from any thread."""
 
@@ -52,6 +62,7 @@ class Classifier:
         # Weights from before the trust head load with it unfitted: temperature 1, every
         # drawing a digit, ood_score = 1 - max softmax (ml/trust_head.py).
         self.trust_fitted: bool = head_of(model).is_fitted
+        self._serving = serving_copy(self.model)
         self._warm = threading.Event()
 
     @classmethod
@@ -103,7 +114,8 @@ class Classifier:
         if batch.ndim != 4 or tuple(batch.shape[1:]) != (1, 28, 28):
             raise ValueError(f"expected a batch of shape (N, 1, 28, 28), got {tuple(batch.shape)}")
         with torch.inference_mode():
-            out = assess(self.model, batch.to(dtype=torch.float32, device="cpu"))
+            x = batch.to(dtype=torch.float32, device="cpu")
+            out = assess(self._serving, x.contiguous(memory_format=torch.channels_last))
             probs = torch.softmax(out.logits.double(), dim=1)
         return Assessment(
             probabilities=np.asarray(probs.numpy(), dtype=np.float64),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from functools import partial
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 class SeedCNN(nn.Module):
@@ -89,6 +91,25 @@ def build_model(name: str) -> nn.Module:
     model = factory()
     attach(model)
     return model
+
+
+def inference_copy(model: nn.Module, *, fold_batch_norms: bool = True) -> nn.Module:
+    """An eval-mode copy of `model` without parameter gradients, for answering and explaining;
+    the original is untouched. With `fold_batch_norms`, each Conv2d -> BatchNorm2d pair of a
+    Sequential becomes one convolution (an eval-mode batch norm is an affine map): the same
+    function, to float rounding, for less work."""
+    net = copy.deepcopy(model).eval()
+    for module in net.modules():
+        if not fold_batch_norms or not isinstance(module, nn.Sequential):
+            continue
+        for i in range(len(module) - 1):
+            conv, norm = module[i], module[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                module[i] = fuse_conv_bn_eval(conv, norm)
+                module[i + 1] = nn.Identity()
+    for parameter in net.parameters():
+        parameter.requires_grad_(False)
+    return net
 
 
 def parameter_count(model: nn.Module) -> int:
