@@ -51,7 +51,11 @@ class PredictionCreated(BaseModel):
     model_version: str
     created_at: datetime
     latency_ms: float = Field(
-        ge=0, description="time the api spent decoding, preprocessing and running the model"
+        ge=0,
+        description=(
+            "time from the start of decoding to the model's answer (decode, preprocess, the "
+            "model, and under load the wait for the drawing's batch)"
+        ),
     )
     source: str | None = None
     model_input_png: str = Field(
@@ -296,7 +300,11 @@ class Preview(BaseModel):
     ood_score: Probability = Field(description="how unlike a digit, 0..1 (higher = less like)")
     model_version: str = Field(description="the model that answered (the champion can change)")
     latency_ms: float = Field(
-        ge=0, description="time the api spent decoding, preprocessing and running the model"
+        ge=0,
+        description=(
+            "time from the start of decoding to the model's answer (decode, preprocess, the "
+            "model, and under load the wait for the drawing's batch)"
+        ),
     )
     model_input_png: str = Field(
         description="base64 PNG of the 28x28 image the model saw, after preprocessing"
