@@ -47,8 +47,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     api_workers: int | None = Field(default=None, ge=1, le=64)
-    # Threads per worker that decode, preprocess and run the model at once (api/compute.py).
-    api_compute_threads: int = Field(default=2, ge=1, le=64)
+    # Batches per worker that may be decoded, preprocessed and run through the model at once,
+    # each in its own thread (api/compute.py).
+    api_compute_threads: int = Field(default=1, ge=1, le=64)
     api_key: str | None = None
     model_path: Path = DEFAULT_MODEL_PATH
     # How often the api checks the model registry for a new champion when no NOTIFY arrives.

@@ -54,15 +54,16 @@ def same_answer(got: Outcome, alone: Outcome) -> None:
     assert np.array_equal(got.model_input, alone.model_input)  # its own drawing, not a neighbour's
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer(
-    classifier: Classifier,
+    classifier: Classifier, threads: int
 ) -> None:
     predictor = CountingPredictor(classifier)
     pngs = canvases() * 4
     alone = [Predictor(classifier, max_side=MAX_SIDE).predict(png) for png in pngs]
 
     async def all_at_once() -> list[Outcome]:
-        compute = Compute(threads=2)
+        compute = Compute(threads=threads)
         return await asyncio.gather(*(compute.predict(predictor, png) for png in pngs))
 
     outcomes = asyncio.run(all_at_once())
@@ -77,7 +78,7 @@ def test_a_request_alone_runs_at_once_in_one_call(classifier: Classifier) -> Non
     predictor = CountingPredictor(classifier)
 
     async def one_by_one() -> list[Outcome]:
-        compute = Compute(threads=2)
+        compute = Compute(threads=1)
         return [await compute.predict(predictor, png) for png in canvases()[:3]]
 
     outcomes = asyncio.run(one_by_one())
@@ -94,26 +95,30 @@ def test_a_bad_drawing_fails_alone_and_a_broken_model_fails_only_its_batch(
     pngs = canvases()
     pngs[3] = drawings.blank_canvas_png()
 
-    async def run() -> tuple[list[Outcome | BaseException], list[Outcome | BaseException]]:
-        compute = Compute(threads=2)
-        first = await asyncio.gather(
-            *(compute.predict(predictor, png) for png in pngs), return_exceptions=True
-        )
-        # The first request of a burst runs alone; fail the batch call after it.
-        predictor.fail_call = len(predictor.batch_sizes) + 1
-        second = await asyncio.gather(
-            *(compute.predict(predictor, png) for png in canvases()), return_exceptions=True
-        )
-        return first, second
+    Results = list[Outcome | BaseException]
 
-    first, second = asyncio.run(run())
+    async def run() -> tuple[Results, Results, Results]:
+        compute = Compute(threads=1)
+
+        async def burst(pngs: list[bytes]) -> Results:
+            return await asyncio.gather(
+                *(compute.predict(predictor, png) for png in pngs), return_exceptions=True
+            )
+
+        first = await burst(pngs)
+        predictor.fail_call = len(predictor.batch_sizes)  # the next model call breaks
+        second = await burst(canvases())
+        third = await burst(canvases())
+        return first, second, third
+
+    first, second, third = asyncio.run(run())
     assert isinstance(first[3], EmptyDrawingError)
     assert all(isinstance(r, Outcome) for i, r in enumerate(first) if i != 3)
     assert predictor.fail_call is not None
     failed = [r for r in second if isinstance(r, RuntimeError)]
     assert len(failed) == predictor.batch_sizes[predictor.fail_call]  # that batch, no more
     assert all(isinstance(r, Outcome) for r in second if r not in failed)
-    assert isinstance(second[0], Outcome)  # the one that ran alone
+    assert all(isinstance(r, Outcome) for r in third)  # the model's next call answers again
 
 
 def test_a_batch_split_by_a_model_swap_is_answered_by_each_requests_model(

@@ -110,6 +110,20 @@ class Predictor:
                 )
         return [o for o in outcomes if o is not None]
 
+    def predict_batch(self, drawings: Sequence[bytes]) -> list[Outcome | ValueError]:
+        """Decode and preprocess each drawing, then one model call for all that could be read.
+        A drawing that cannot be read has its InvalidImageError / EmptyDrawingError in its
+        place; the others are answered all the same."""
+        prepared: list[Prepared | ValueError] = []
+        for data in drawings:
+            try:
+                prepared.append(self.prepare(data))
+            except ValueError as exc:
+                prepared.append(exc)
+        readable = [item for item in prepared if isinstance(item, Prepared)]
+        outcomes = iter(self.answer(readable) if readable else [])
+        return [item if isinstance(item, ValueError) else next(outcomes) for item in prepared]
+
     def predict(self, data: bytes) -> Outcome:
         """One drawing, start to end (blocking). Raises what `prepare` raises."""
         return self.answer([self.prepare(data)])[0]
