@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     # Services.
     api_url: str = "http://127.0.0.1:8000"
     # Where `python -m digit_predictor.api` listens, and how many processes serve (None: the
-    # CPUs this process may use, see digit_predictor.api.__main__.usable_cpus).
+    # CPUs this process may use, see digit_predictor.cpus.usable_cpus).
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     api_workers: int | None = Field(default=None, ge=1, le=64)

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from digit_predictor.api.__main__ import cgroup_cpu_limit, usable_cpus
+from digit_predictor.cpus import cgroup_cpu_limit, usable_cpus
 from digit_predictor.db import Database, queries
 from tests.api import drawings
 from tests.api.test_outage import database_down, post
@@ -43,7 +43,7 @@ def test_cgroup_v1_quota_in_cpus(tmp_path: Path) -> None:
 
 
 def test_usable_cpus_follows_affinity_and_quota(monkeypatch: pytest.MonkeyPatch) -> None:
-    import digit_predictor.api.__main__ as entry
+    import digit_predictor.cpus as entry
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setattr(entry, "cgroup_cpu_limit", lambda: None)

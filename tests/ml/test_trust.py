@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,14 @@ from digit_predictor.ml.nondigits import HELDOUT, TRAIN, DigitSource, generators
 from digit_predictor.ml.trust import (
     TrustData,
     auroc,
+    draw_parts,
     ece,
     fit_on,
     fit_temperature,
     normalised,
+    on_canvas,
     reliability,
+    training_nondigits,
 )
 from digit_predictor.ml.trust_head import TrustHead, assess, head_of, load_state
 
@@ -227,3 +231,29 @@ def test_shipped_probabilities_are_calibrated_on_mnist_test(
     probs = shipped.predict_proba(normalised(images[:5000]))
     assert np.allclose(probs.sum(axis=1), 1.0)
     assert ece(probs, labels[:5000]) < 0.015
+
+
+def test_drawing_in_several_processes_gives_the_same_drawings_as_in_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import digit_predictor.ml.trust as trust
+
+    train = load_split(default_data_dir(), "train")
+    parts = {
+        "scribbles": partial(training_nondigits, "scribbles", 6, 11, None),
+        "slashed": partial(training_nondigits, "digits with a slash through", 6, 12, None),
+        "redrawn": partial(on_canvas, train.images[:6], 13),
+    }
+    monkeypatch.setattr(trust, "usable_cpus", lambda: 1)
+    inline = draw_parts(parts)
+    monkeypatch.setattr(trust, "usable_cpus", lambda: 2)
+    pooled = draw_parts(parts)
+    assert set(pooled) == set(parts)
+    for name in parts:
+        assert pooled[name].shape == (6, 28, 28)
+        assert np.array_equal(pooled[name], inline[name]), name
+    # Different seeds, different drawings: the comparison above is not vacuous.
+    assert not np.array_equal(
+        pooled["scribbles"],
+        draw_parts({"s": partial(training_nondigits, "scribbles", 6, 99, None)})["s"],
+    )

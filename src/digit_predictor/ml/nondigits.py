@@ -507,15 +507,19 @@ def slashed_digit(source: DigitSource) -> Generator:
 # --- sets -----------------------------------------------------------------------------------------
 
 
+GENERATOR_NAMES = (
+    "letters",
+    "scribbles",
+    "shapes",
+    "doodles",
+    "two digits side by side",
+    "digits with a slash through",
+)
+
+
 def generators(source: DigitSource) -> dict[str, Generator]:
-    return {
-        "letters": letter,
-        "scribbles": scribble,
-        "shapes": shape,
-        "doodles": doodle,
-        "two digits side by side": two_digits(source),
-        "digits with a slash through": slashed_digit(source),
-    }
+    made = (letter, scribble, shape, doodle, two_digits(source), slashed_digit(source))
+    return dict(zip(GENERATOR_NAMES, made, strict=True))
 
 
 PNG_STYLES = ("alpha", "alpha", "white_on_black", "black_on_white")
@@ -547,6 +551,7 @@ def nondigit_set(
 
 
 __all__ = [
+    "GENERATOR_NAMES",
     "HELDOUT",
     "LETTERS",
     "LOOKALIKES",

@@ -1,7 +1,7 @@
 """Fit the trust parameters on top of trained weights: the temperature and the non-digit detector.
 
 `fit_trust(model, seed=...)` is what training and retraining call after the CNN is trained: it
-draws its own data (bounded: about a minute on two cores), leaves the network's weights alone
+draws its own data (bounded: about three minutes on two cores), leaves the network's weights alone
 and writes only the buffers of `model.trust` (ml/trust_head.py), so they travel in the state
 dict with the weights.
 
@@ -21,9 +21,12 @@ dict with the weights.
 
 from __future__ import annotations
 
+import multiprocessing
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +34,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from digit_predictor.cpus import usable_cpus
 from digit_predictor.ml.data import default_data_dir, load_split
-from digit_predictor.ml.nondigits import TRAIN, DigitSource, generators, nondigit_set
+from digit_predictor.ml.nondigits import (
+    GENERATOR_NAMES,
+    TRAIN,
+    DigitSource,
+    generators,
+    nondigit_set,
+)
 from digit_predictor.ml.preprocess import (
     MNIST_MEAN,
     MNIST_STD,
@@ -49,6 +59,10 @@ VAL_SIZE = 2000
 TRAIN_SEED = 0
 FALSE_ALARM_QUANTILE = 0.995
 PER_GENERATOR = 1000
+N_MNIST = 3000  # real digits for the detector: MNIST training digits as published,
+N_REDRAWN = 3000  # ... others redrawn on the canvas,
+N_EXTRA = 1500  # ... from each of USPS train and optdigits tra,
+PEN_PER_CLASS = 100  # ... and pen-stroke digits of each class
 ECE_BINS = 15
 
 PNG_STYLES = ("alpha", "alpha", "white_on_black", "black_on_white")
@@ -208,51 +222,35 @@ def _extra_training_digits(rng: np.random.Generator, per_set: int) -> list[np.nd
     return out
 
 
-def real_training_digits(
-    seed: int,
-    n_mnist: int = 3000,
-    n_redrawn: int = 3000,
-    n_extra: int = 1500,
-    pen_per_class: int = 100,
-    data_dir: Path | None = None,
-    progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """In-distribution examples from the training side only: (uint8 images, labels, group),
-    group 0: MNIST as published, 1: MNIST redrawn on the canvas, 2: USPS/optdigits (label -1,
-    not needed), 3: pen-stroke digits."""
-    train = load_split(data_dir or default_data_dir(), "train")
-    _, train_idx, _ = mnist_validation_split()
-    rng = np.random.default_rng(seed)
-    as_is = rng.choice(train_idx, size=n_mnist, replace=False)
-    redrawn = rng.choice(train_idx, size=n_redrawn, replace=False)
-    images = [train.images[as_is]]
-    labels = [train.labels[as_is]]
-    images.append(
-        on_canvas(train.images[redrawn], seed + 1, progress="redrawn digits" if progress else None)
-    )
-    labels.append(train.labels[redrawn])
-    extra = _extra_training_digits(rng, n_extra)
-    images.append(np.stack(extra))
-    labels.append(np.full(len(extra), -1))  # labels unused for the extra sets
-    pen, pen_labels = pen_training_digits(pen_per_class, seed=seed + 2)
-    images.append(pen)
-    labels.append(pen_labels)
-    groups = np.concatenate([np.full(len(part), g) for g, part in enumerate(labels)])
-    return np.concatenate(images), np.concatenate(labels), groups
-
-
-def training_nondigits(
-    seed: int, per_generator: int, data_dir: Path | None = None, progress: bool = False
-) -> dict[str, np.ndarray]:
+def training_nondigits(name: str, n: int, seed: int, data_dir: Path | None) -> np.ndarray:
+    """n training-split drawings of one generator (MNIST training digits as material)."""
     train = load_split(data_dir or default_data_dir(), "train")
     _, train_idx, _ = mnist_validation_split()
     source = DigitSource(train.images[train_idx], train.labels[train_idx])
-    return {
-        name: nondigit_set(
-            gen, per_generator, seed + 100 * i, TRAIN, progress=name if progress else None
-        )
-        for i, (name, gen) in enumerate(generators(source).items())
-    }
+    return nondigit_set(generators(source)[name], n, seed, TRAIN)
+
+
+def draw_parts(parts: Mapping[str, Callable[[], Any]], progress: bool = False) -> dict[str, Any]:
+    """Run independent drawing jobs, one process per usable CPU. Each job is seeded by its own
+    arguments, so the results are the same for any number of processes. Drawing (strokes, PNG,
+    preprocessing: Python holding the GIL) is most of a fit's time. The processes are spawned:
+    a script calling this needs the `if __name__ == "__main__":` guard."""
+    workers = min(usable_cpus(), len(parts))
+    results: dict[str, Any] = {}
+    with tqdm(total=len(parts), desc="drawing", disable=not progress, leave=False) as bar:
+        if workers <= 1:
+            for name, job in parts.items():
+                results[name] = job()
+                bar.update(1)
+            return results
+        # spawn, not fork: the parent may already be running torch's thread pool.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {pool.submit(job): name for name, job in parts.items()}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update(1)
+    return results
 
 
 # --- fitting -----------------------------------------------------------------------------
@@ -341,7 +339,7 @@ class TrustData:
     calibration: tuple[np.ndarray, np.ndarray]
     real: tuple[np.ndarray, np.ndarray]
     nondigits: dict[str, np.ndarray]
-    real_groups: np.ndarray  # which kind of real digit each is (see real_training_digits)
+    real_groups: np.ndarray  # which kind of real digit each is (see draw_trust_data)
 
 
 def _groups(groups: np.ndarray) -> list[np.ndarray]:
@@ -354,12 +352,43 @@ def draw_trust_data(
     data_dir: Path | None = None,
     progress: bool = False,
 ) -> TrustData:
-    images, labels, groups = real_training_digits(seed, data_dir=data_dir, progress=progress)
+    """The calibration digits, in-distribution examples from the training side only, and
+    `per_generator` non-digits from each generator, drawn in parallel (`draw_parts`).
+
+    Real digits by group: 0 MNIST as published, 1 MNIST redrawn on the canvas, 2 USPS and
+    optdigits training digits (label -1: not needed), 3 pen-stroke digits."""
+    train = load_split(data_dir or default_data_dir(), "train")
+    _, train_idx, _ = mnist_validation_split()
+    rng = np.random.default_rng(seed)
+    as_is = rng.choice(train_idx, size=N_MNIST, replace=False)
+    redrawn = rng.choice(train_idx, size=N_REDRAWN, replace=False)
+    parts: dict[str, Callable[[], Any]] = {
+        name: partial(training_nondigits, name, per_generator, seed + 100 * i, data_dir)
+        for i, name in enumerate(GENERATOR_NAMES)
+    }
+    parts["calibration"] = partial(calibration_digits, data_dir, VAL_SIZE, seed + 7)
+    parts["redrawn"] = partial(on_canvas, train.images[redrawn], seed + 1)
+    # The generator goes on from the two picks above, as when everything was drawn in turn.
+    parts["extra"] = partial(_extra_training_digits, rng, N_EXTRA)
+    parts["pen"] = partial(pen_training_digits, PEN_PER_CLASS, seed + 2)
+    drawn = draw_parts(parts, progress)
+
+    extra = np.stack(drawn["extra"])
+    pen, pen_labels = drawn["pen"]
+    groups = [
+        (train.images[as_is], train.labels[as_is]),
+        (drawn["redrawn"], train.labels[redrawn]),
+        (extra, np.full(len(extra), -1)),
+        (pen, pen_labels),
+    ]
     return TrustData(
-        calibration=calibration_digits(data_dir, seed=seed + 7, progress=progress),
-        real=(images, labels),
-        nondigits=training_nondigits(seed, per_generator, data_dir, progress),
-        real_groups=groups,
+        calibration=drawn["calibration"],
+        real=(
+            np.concatenate([images for images, _ in groups]),
+            np.concatenate([labels for _, labels in groups]),
+        ),
+        nondigits={name: drawn[name] for name in GENERATOR_NAMES},
+        real_groups=np.concatenate([np.full(len(y), g) for g, (_, y) in enumerate(groups)]),
     )
 
 
@@ -458,7 +487,7 @@ def fit_trust(
     """Fit temperature, detector and threshold into `model.trust` (weights untouched).
 
     Draws its own data: the MNIST validation digits on a canvas (calibration), training-side real
-    digits, `per_generator` non-digits from each generator. About a minute on two cores."""
+    digits, `per_generator` non-digits from each generator. About three minutes on two cores."""
     started = time.perf_counter()
     data = draw_trust_data(seed, per_generator, data_dir, progress)
     report = fit_on(model, data, seed=seed)
