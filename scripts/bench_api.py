@@ -32,11 +32,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
-import torch
+import onnxruntime
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
-from digit_predictor.ml.inference import Classifier
 from digit_predictor.ml.preprocess import preprocess_bytes
+from digit_predictor.ml.serving import ServingClassifier
 from digit_predictor.ml.synthetic_digits import pen_digit, to_png
 from digit_predictor.testing.api_server import ApiServer, api_env, start_api
 from digit_predictor.testing.postgres import start_cluster, with_database
@@ -157,14 +157,13 @@ def run_level(
 
 
 def in_process_level(
-    classifier: Classifier, images: list[bytes], requests: int, concurrency: int
+    classifier: ServingClassifier, images: list[bytes], requests: int, concurrency: int
 ) -> Level:
     """The same work without HTTP or PostgreSQL: decode + preprocess + model per drawing.
 
-    `concurrency` threads take drawings from one counter, as the HTTP clients do, each with one
-    intra-op torch thread as in the api.
+    `concurrency` threads take drawings from one counter, as the HTTP clients do; the model is
+    the api's (the ONNX graph, one intra-op thread).
     """
-    torch.set_num_threads(1)
     latencies: list[float] = []
     counter = iter(range(requests))
     lock = threading.Lock()
@@ -177,7 +176,7 @@ def in_process_level(
                 return
             data = images[(i + offset) % len(images)]
             t = time.perf_counter()
-            classifier.predict_proba(preprocess_bytes(data).tensor.unsqueeze(0))
+            classifier.predict_proba(preprocess_bytes(data).array[None])
             elapsed = (time.perf_counter() - t) * 1000.0
             with lock:
                 latencies.append(elapsed)
@@ -191,8 +190,8 @@ def in_process_level(
     return Level(concurrency, requests, time.perf_counter() - started, latencies, {}, None)
 
 
-def load_classifier(model_path: Path) -> Classifier:
-    classifier = Classifier.load(model_path)
+def load_classifier(model_path: Path) -> ServingClassifier:
+    classifier = ServingClassifier.load(model_path)
     classifier.warm_up()
     return classifier
 
@@ -208,7 +207,7 @@ def machine() -> str:
         pass
     return (
         f"{cpu}, {os.cpu_count()} CPUs visible, Linux {platform.release()}, "
-        f"Python {platform.python_version()}, torch {torch.__version__}"
+        f"Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}"
     )
 
 

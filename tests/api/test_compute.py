@@ -4,7 +4,6 @@ share model calls, and each still gets its own answer, the one it would get alon
 from __future__ import annotations
 
 import asyncio
-import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,8 +12,8 @@ import pytest
 from digit_predictor.api.compute import Compute
 from digit_predictor.api.predictor import Outcome, Predictor, Prepared
 from digit_predictor.config import DEFAULT_MODEL_PATH
-from digit_predictor.ml.inference import Classifier
 from digit_predictor.ml.preprocess import EmptyDrawingError
+from digit_predictor.ml.serving import ServingClassifier
 from tests.api import drawings
 
 MAX_SIDE = 2048
@@ -23,7 +22,7 @@ MAX_SIDE = 2048
 class CountingPredictor(Predictor):
     """The real predictor, counting its model calls; can be told to fail one of them."""
 
-    def __init__(self, classifier: Classifier) -> None:
+    def __init__(self, classifier: ServingClassifier) -> None:
         super().__init__(classifier, max_side=MAX_SIDE)
         self.batch_sizes: list[int] = []
         self.fail_call: int | None = None  # index into batch_sizes
@@ -36,8 +35,8 @@ class CountingPredictor(Predictor):
 
 
 @pytest.fixture(scope="module")
-def classifier() -> Classifier:
-    return Classifier.load(DEFAULT_MODEL_PATH)
+def classifier() -> ServingClassifier:
+    return ServingClassifier.load(DEFAULT_MODEL_PATH)
 
 
 def canvases() -> list[bytes]:
@@ -56,7 +55,7 @@ def same_answer(got: Outcome, alone: Outcome) -> None:
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer(
-    classifier: Classifier, threads: int
+    classifier: ServingClassifier, threads: int
 ) -> None:
     predictor = CountingPredictor(classifier)
     pngs = canvases() * 4
@@ -74,7 +73,7 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer(
     assert len(predictor.batch_sizes) <= len(pngs) // 2, predictor.batch_sizes
 
 
-def test_a_request_alone_runs_at_once_in_one_call(classifier: Classifier) -> None:
+def test_a_request_alone_runs_at_once_in_one_call(classifier: ServingClassifier) -> None:
     predictor = CountingPredictor(classifier)
 
     async def one_by_one() -> list[Outcome]:
@@ -89,7 +88,7 @@ def test_a_request_alone_runs_at_once_in_one_call(classifier: Classifier) -> Non
 
 
 def test_a_bad_drawing_fails_alone_and_a_broken_model_fails_only_its_batch(
-    classifier: Classifier,
+    classifier: ServingClassifier,
 ) -> None:
     predictor = CountingPredictor(classifier)
     pngs = canvases()
@@ -122,9 +121,14 @@ def test_a_bad_drawing_fails_alone_and_a_broken_model_fails_only_its_batch(
 
 
 def test_a_batch_split_by_a_model_swap_is_answered_by_each_requests_model(
-    classifier: Classifier,
+    classifier: ServingClassifier,
 ) -> None:
-    other = Classifier(copy.deepcopy(classifier.model), {**classifier.card, "version": "other"})
+    other = ServingClassifier(
+        classifier.graph,
+        {**classifier.card, "version": "other"},
+        arch=classifier.arch,
+        weights=classifier.weights,
+    )
     predictor = Predictor(classifier, max_side=MAX_SIDE)
     png = drawings.drawing_png(7)
     before = predictor.prepare(png)

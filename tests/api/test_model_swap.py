@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from digit_predictor.db import Database, registry
+from digit_predictor.ml.export import onnx_graph
 from digit_predictor.ml.models import DEFAULT_ARCHITECTURE, build_model
+from digit_predictor.ml.serving import ServingClassifier
 from tests.api import drawings
 from tests.pg import PostgresServer
 from tests.servers import ApiServer, api_env, api_server, wait_for
@@ -25,21 +27,21 @@ SWAP_DEADLINE_S = 10.0
 SHIPPED = "test-model-1"  # make_test_model's version
 
 
-def _weights(seed: int) -> bytes:
+def _challenger(db: Database, version: str, seed: int, *, with_graph: bool = True) -> None:
+    """Register seeded weights; with their ONNX graph, as retraining does, or without (a version
+    registered before graphs were stored: the api must export it itself)."""
     torch.manual_seed(seed)
+    model = build_model(DEFAULT_ARCHITECTURE).eval()
     out = io.BytesIO()
-    torch.save(build_model(DEFAULT_ARCHITECTURE).state_dict(), out)
-    return out.getvalue()
-
-
-def _challenger(db: Database, version: str, seed: int) -> None:
+    torch.save(model.state_dict(), out)
     registry.register(
         db,
         version=version,
         parent_version=SHIPPED,
         arch=DEFAULT_ARCHITECTURE,
-        weights=_weights(seed),
+        weights=out.getvalue(),
         card={"version": version, "gate": {"passed": True, "rows": []}},
+        onnx=onnx_graph(model) if with_graph else None,
     )
 
 
@@ -136,13 +138,14 @@ def test_promotion_and_rollback_reach_the_running_api(
         assert 'digit_api_model_info{version="challenger-1"} 0.0' in metrics
 
 
-def test_the_periodic_check_catches_a_champion_without_notify(
+def test_the_periodic_check_catches_a_champion_without_notify_or_graph(
     own_database_url: str, own_db: Database, model_path: Path
 ) -> None:
     env = api_env(own_database_url, model_path, model_check_interval_s=1)
     with api_server(env, ready_path="/readyz") as api, api.client() as client:
         assert _serving(client) == SHIPPED
-        _challenger(own_db, "quiet-1", seed=2)
+        # Registered without its ONNX graph, like a version from before graphs were stored.
+        _challenger(own_db, "quiet-1", seed=2, with_graph=False)
         # A promotion made by hand in SQL, which sends no NOTIFY.
         with own_db.connection() as conn, conn.cursor() as cur:
             cur.execute("UPDATE models SET status = 'retired' WHERE status = 'champion'")
@@ -151,6 +154,10 @@ def test_the_periodic_check_catches_a_champion_without_notify(
                 "WHERE version = 'quiet-1'"
             )
         wait_for(lambda: _serving(client) == "quiet-1", timeout_s=SWAP_DEADLINE_S)
+    # The api exported the graph (in a child process) and kept it for every other process.
+    graph = registry.load_graph(own_db, "quiet-1")
+    assert graph is not None
+    ServingClassifier(graph, {"version": "quiet-1"}, arch=DEFAULT_ARCHITECTURE, weights=b"")
 
 
 def test_a_champion_that_cannot_load_leaves_the_current_model_serving(

@@ -99,3 +99,34 @@ def test_with_a_spool_a_worker_killed_during_an_outage_loses_nothing(
     stored = {str(r.request_id) for r in queries.recent_predictions(db, limit=100)}
     assert stored == {r.json()["request_id"] for r in queued}
     assert list((tmp_path / "spool").glob("spool-*")) == []  # written, then removed
+
+
+WORKER_RSS_LIMIT_MIB = 300  # issue 16
+
+
+def _rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+    return int(kib) / 1024
+
+
+def _holds_torch(pid: int) -> bool:
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_a_worker_that_predicts_never_loads_torch_and_one_that_explains_does(
+    database_url: str, model_path: Path
+) -> None:
+    # The model runs as an ONNX graph (ml/serving.py); torch comes in only for gradients.
+    with api_server(api_env(database_url, model_path)) as api, api.client() as client:
+        pid = api.process.pid  # one worker: uvicorn runs it in this process
+        ids = []
+        for i in range(40):
+            response = post(client, drawings.drawing_png((0, 1, 4, 7)[i % 4], shift=(i - 20, 0)))
+            assert response.status_code == 201, response.text
+            ids.append(response.json()["id"])
+        assert not _holds_torch(pid)
+        assert _rss_mib(pid) <= WORKER_RSS_LIMIT_MIB
+        explained = client.get(f"/v1/predictions/{ids[0]}/explanation")
+        assert explained.status_code == 200, explained.text
+        assert _holds_torch(pid)

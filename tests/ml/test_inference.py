@@ -12,13 +12,9 @@ import pytest
 import torch
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
-from digit_predictor.ml.inference import (
-    Classifier,
-    ModelLoadError,
-    ModelNotFoundError,
-    serving_copy,
-)
+from digit_predictor.ml.inference import Classifier, serving_copy
 from digit_predictor.ml.preprocess import preprocess_bytes
+from digit_predictor.ml.serving import ModelLoadError, ModelNotFoundError
 from digit_predictor.ml.synthetic_digits import pen_digit, to_png
 from digit_predictor.ml.trust_head import assess
 

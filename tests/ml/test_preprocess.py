@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from digit_predictor.ml import preprocess
 from digit_predictor.ml.preprocess import (
     MNIST_MEAN,
     MNIST_STD,
@@ -210,3 +211,26 @@ def test_the_uint8_fast_path_gives_exactly_the_float_path_result(name: str) -> N
     general = preprocess_ink(ink_map(img))
     assert np.array_equal(fast.image, general.image), name
     assert torch.equal(fast.tensor, general.tensor)
+
+
+def test_resize_and_dilation_are_torchs_to_float_rounding() -> None:
+    # Preprocessing runs without torch (the api's workers never import it); the PIL resize and
+    # the numpy max filter must still be the torch operations the model was trained behind.
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        height, width = (int(v) for v in rng.integers(12, 300, size=2))
+        if max(height, width) > 8 * min(height, width):
+            continue  # a side under 3 pixels after the fit: filter-window edge cases apart
+        crop = (rng.random((height, width)) * (rng.random((height, width)) > 0.6)).astype(
+            np.float32
+        )
+        t = torch.from_numpy(crop)[None, None]
+        radius = int(rng.integers(1, 6))
+        dilated = F.max_pool2d(t, kernel_size=2 * radius + 1, stride=1, padding=radius)[0, 0]
+        assert np.array_equal(preprocess._max_filter(crop, radius), dilated.numpy())
+        fitted = preprocess._fit_box(crop)
+        resized = F.interpolate(t, size=fitted.shape, mode="bilinear", antialias=True)[0, 0]
+        reference = np.clip(resized.numpy(), 0.0, None)
+        assert np.allclose(fitted, np.clip(reference / reference.max(), 0.0, 1.0), atol=1e-5)

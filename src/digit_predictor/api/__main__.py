@@ -2,8 +2,9 @@
 
 Listens on API_HOST:API_PORT with API_WORKERS processes; by default one per CPU this process
 may use (its CPU affinity and its cgroup's CPU quota, not the host's count: a container limited
-to 2 CPUs on a 64-core host runs 2). Each worker is a whole app: its own model (one torch
-thread), pool and group-commit writer; on SIGTERM every worker flushes its own queue.
+to 2 CPUs on a 64-core host runs 2). Each worker is a whole app: its own model (the ONNX graph,
+one intra-op thread; no torch), pool and group-commit writer; on SIGTERM every worker flushes its
+own queue.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ At start the api serves the shipped weights file; as soon as the registry answer
 replaces it (the shipped weights are registered as the first champion when there is none). A
 promotion or rollback arrives as a PostgreSQL NOTIFY; a periodic check covers a lost
 notification or a dropped listener connection. A new champion is loaded and warmed in this
-thread, then swapped in with one reference assignment (see Predictor.swap).
+thread, then swapped in with one reference assignment (see Predictor.swap). The api serves a
+version's ONNX graph from the registry; a version registered without one (before graphs were
+stored) is exported here by a child process, once, and its graph stored for everyone else.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from digit_predictor.api.metrics import Metrics
 from digit_predictor.api.predictor import Predictor
 from digit_predictor.db import Database, DatabaseUnavailable, registry
-from digit_predictor.ml.inference import Classifier, ModelLoadError
+from digit_predictor.ml.serving import ModelLoadError, ServingClassifier
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +33,14 @@ class ChampionWatcher:
         shipped_weights: Path,
         check_interval_s: float,
         connect_timeout_s: int = 3,
+        threads: int = 1,
     ) -> None:
         self._predictor = predictor
         self._db = db
         self._metrics = metrics
         self._shipped = shipped_weights
         self._interval = check_interval_s
+        self._threads = threads
         self._listener = registry.ChampionListener(db.dsn, connect_timeout_s=connect_timeout_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -55,13 +59,14 @@ class ChampionWatcher:
             if record.version in self._refused:
                 return True
             weights = registry.load_weights(self._db, record.version)
+            graph = registry.load_graph(self._db, record.version)
         except DatabaseUnavailable as exc:
             log.info("model registry not reachable", extra={"error": str(exc)})
             return False
         card = {**record.card, "version": record.version, "architecture": record.arch}
         try:
-            classifier = Classifier.from_weights(
-                record.arch, weights, card, origin=f"registry version {record.version}"
+            classifier = ServingClassifier.from_weights(
+                record.arch, weights, card, graph, threads=self._threads
             )
             classifier.warm_up()
         except ModelLoadError as exc:
@@ -69,6 +74,8 @@ class ChampionWatcher:
             self._refused.add(record.version)
             log.error("cannot serve the champion", extra={"error": str(exc)})
             return True
+        if graph is None:  # a version from before graphs were stored: keep the one just made
+            self._store_graph(record.version, classifier)
         previous = self._predictor.swap(classifier)
         self._metrics.model_info.labels(version=previous.version).set(0)
         self._metrics.model_info.labels(version=classifier.version).set(1)
@@ -77,6 +84,12 @@ class ChampionWatcher:
             extra={"model_version": classifier.version, "previous_version": previous.version},
         )
         return True
+
+    def _store_graph(self, version: str, classifier: ServingClassifier) -> None:
+        try:
+            registry.store_graph(self._db, version, classifier.graph)
+        except DatabaseUnavailable as exc:  # the next process to serve it exports it again
+            log.info("could not store the exported graph", extra={"error": str(exc)})
 
     def start(self) -> None:
         """First sync now (so a reachable registry's champion serves the first request), then

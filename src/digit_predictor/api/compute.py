@@ -2,13 +2,13 @@
 
 The drawings a worker receives wait on the event loop (holding no thread) until a compute
 thread takes all of them, up to 32, decodes and preprocesses each and runs the model once for
-the batch: one call for N drawings costs far less than N calls (torch's and the trust head's
+the batch: one call for N drawings costs far less than N calls (the runtime's and the trust head's
 fixed cost per call), and one thread hop per batch instead of one or two per request costs less
 again. Nothing waits for a batch to fill: a drawing that finds a compute thread free starts at
 once (alone, at concurrency 1); the drawings that arrive meanwhile form the next batch.
 
 At most `threads` batches run at once per worker (`API_COMPUTE_THREADS`, default 1). Each api
-process runs one torch thread and holds the GIL for most of this work, so more threads
+process runs one inference thread and holds the GIL for much of this work, so more threads
 computing at once add GIL hand-offs rather than throughput (docs/api.md has the figures).
 """
 

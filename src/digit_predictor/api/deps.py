@@ -15,7 +15,7 @@ from digit_predictor.api.shutdown import Drain
 from digit_predictor.api.writer import PredictionStore
 from digit_predictor.config import Settings
 from digit_predictor.db import Database
-from digit_predictor.ml.inference import Classifier
+from digit_predictor.ml.serving import ServingClassifier
 
 
 @dataclass
@@ -77,9 +77,9 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 DrainDep = Annotated[Drain, Depends(get_drain)]
 
 
-async def get_classifier(services: ServicesDep) -> Classifier:
+async def get_classifier(services: ServicesDep) -> ServingClassifier:
     # Through the predictor: the model that answers predictions is the one explained.
     return services.predictor.classifier
 
 
-ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
+ClassifierDep = Annotated[ServingClassifier, Depends(get_classifier)]

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-import torch
 from fastapi import FastAPI, Security
 
 from digit_predictor.api import errors
@@ -32,7 +31,7 @@ from digit_predictor.api.writer import PredictionStore
 from digit_predictor.config import Settings, get_settings
 from digit_predictor.db import Database, DatabaseUnavailable
 from digit_predictor.db.migrate import migrate
-from digit_predictor.ml.inference import Classifier
+from digit_predictor.ml.serving import ServingClassifier
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +47,19 @@ Draw a digit, get the CNN's answer. Every prediction is stored in PostgreSQL wit
 FLUSH_TIMEOUT_S = 5.0
 
 
-def configure_torch() -> None:
-    """One intra-op thread per inference unless OMP_NUM_THREADS says otherwise.
+def inference_threads() -> int:
+    """One intra-op thread per model call unless OMP_NUM_THREADS says otherwise.
 
-    Concurrency comes from the thread pool (one request per thread); intra-op threads on top
-    oversubscribe the cores and spin between requests (measured: see docs/api.md).
+    Concurrency comes from the worker processes; intra-op threads on top oversubscribe the
+    cores and spin between requests (measured: see docs/api.md).
     """
-    if not os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(1)
+    return int(os.environ.get("OMP_NUM_THREADS") or 1)
 
 
 def build_services(settings: Settings, metrics: Metrics) -> Services:
     """Blocking start-up work (run in a worker thread by the lifespan)."""
-    configure_torch()
-    classifier = Classifier.load(settings.model_path)
+    threads = inference_threads()
+    classifier = ServingClassifier.load(settings.model_path, threads=threads)
     classifier.warm_up()
     metrics.model_info.labels(version=classifier.version).set(1)
     log.info(
@@ -69,7 +67,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         extra={
             "model_path": str(settings.model_path),
             "model_version": classifier.version,
-            "torch_threads": torch.get_num_threads(),
+            "inference_threads": threads,
         },
     )
     db = Database.from_settings(settings)
@@ -91,6 +89,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         shipped_weights=settings.model_path,
         check_interval_s=settings.model_check_interval_s,
         connect_timeout_s=settings.db_connect_timeout_s,
+        threads=threads,
     )
     champion.start()
     return Services(

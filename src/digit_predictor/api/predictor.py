@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
-from digit_predictor.ml.inference import Classifier
 from digit_predictor.ml.preprocess import Preprocessed, preprocess_bytes
+from digit_predictor.ml.serving import ServingClassifier
 
 
 @dataclass(frozen=True)
@@ -49,25 +48,25 @@ class Outcome:
 class Prepared:
     """A drawing ready for the model, and the model that is to answer it."""
 
-    classifier: Classifier
+    classifier: ServingClassifier
     pre: Preprocessed
     started: float  # perf_counter when its request's CPU work began
 
 
 class Predictor:
-    def __init__(self, classifier: Classifier, *, max_side: int) -> None:
+    def __init__(self, classifier: ServingClassifier, *, max_side: int) -> None:
         self._classifier = classifier
         self.max_side = max_side
 
     @property
-    def classifier(self) -> Classifier:
+    def classifier(self) -> ServingClassifier:
         return self._classifier
 
     @property
     def version(self) -> str:
         return self._classifier.version
 
-    def swap(self, classifier: Classifier) -> Classifier:
+    def swap(self, classifier: ServingClassifier) -> ServingClassifier:
         """Serve `classifier` from the next request on; return the one it replaces.
 
         One reference assignment: requests already running keep the model they started with.
@@ -91,7 +90,7 @@ class Predictor:
             by_model.setdefault(id(item.classifier), []).append(i)
         for indices in by_model.values():
             classifier = batch[indices[0]].classifier
-            verdict = classifier.assess(torch.stack([batch[i].pre.tensor for i in indices]))
+            verdict = classifier.assess(np.stack([batch[i].pre.array for i in indices]))
             finished = time.perf_counter()
             for row, i in enumerate(indices):
                 probs = verdict.probabilities[row]

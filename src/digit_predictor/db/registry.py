@@ -25,6 +25,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from digit_predictor.db.pool import Database, DatabaseUnavailable
+from digit_predictor.ml.card import GRAPH_NAME
 
 log = logging.getLogger(__name__)
 
@@ -98,19 +99,21 @@ def register(
     arch: str,
     weights: bytes,
     card: dict[str, Any],
+    onnx: bytes | None = None,
     status: str = "candidate",
     reason: str | None = None,
 ) -> ModelRecord:
-    """Add a version (a candidate unless told otherwise); the same version and bytes again is a
-    no-op, the same version with other bytes is refused."""
+    """Add a version (a candidate unless told otherwise) with its weights and, when given, the
+    ONNX graph the api serves it as; the same version and bytes again is a no-op, the same
+    version with other bytes is refused."""
     if status not in ("candidate", "rejected"):
         raise RegistryError(f"a new version is registered as a candidate, not {status!r}")
     sha = hashlib.sha256(weights).hexdigest()
     with db.connection() as conn, conn.cursor() as cur:
         cur.execute(
             """INSERT INTO models (version, parent_version, arch, sha256, weights, card, status,
-                                   reason)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+                                   reason, onnx, onnx_sha256)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                ON CONFLICT (version) DO NOTHING""",
             (
                 version,
@@ -121,6 +124,7 @@ def register(
                 psycopg2.extras.Json(card),
                 status,
                 reason,
+                *_graph_columns(onnx),
             ),
         )
         record = _fetch(cur, version)
@@ -155,6 +159,36 @@ def load_weights(db: Database, version: str) -> bytes:
     if hashlib.sha256(weights).hexdigest() != row[1]:
         raise RegistryError(f"the stored weights of {version!r} do not match their sha256")
     return weights
+
+
+def load_graph(db: Database, version: str) -> bytes | None:
+    """The ONNX graph of a version, checked against its sha256; None when none is stored yet."""
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT onnx, onnx_sha256 FROM models WHERE version = %s", (version,))
+        row = cur.fetchone()
+    if row is None:
+        raise RegistryError(f"no model version {version!r} in the registry")
+    if row[0] is None:
+        return None
+    graph = bytes(row[0])
+    if hashlib.sha256(graph).hexdigest() != row[1]:
+        raise RegistryError(f"the stored ONNX graph of {version!r} does not match its sha256")
+    return graph
+
+
+def store_graph(db: Database, version: str, graph: bytes) -> None:
+    """Keep the graph exported for a version that had none (the first exporter wins)."""
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE models SET onnx = %s, onnx_sha256 = %s WHERE version = %s AND onnx IS NULL",
+            (*_graph_columns(graph), version),
+        )
+
+
+def _graph_columns(graph: bytes | None) -> tuple[Any, str | None]:
+    if graph is None:
+        return None, None
+    return psycopg2.Binary(graph), hashlib.sha256(graph).hexdigest()
 
 
 def list_models(db: Database) -> list[ModelRecord]:
@@ -238,6 +272,10 @@ def register_shipped(db: Database, weights_path: Path) -> ModelRecord:
     weights = weights_path.read_bytes()
     version, arch = str(card["version"]), str(card["architecture"])
     sha = hashlib.sha256(weights).hexdigest()
+    graph_path = weights_path.with_name(GRAPH_NAME)
+    graph = graph_path.read_bytes() if graph_path.is_file() else None
+    if graph is not None and hashlib.sha256(graph).hexdigest() != card.get("onnx_sha256"):
+        graph = None  # not these weights' graph: the api exports one when it serves them
     with db.connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SHIPPED_LOCK_KEY,))
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAMPION_LOCK_KEY,))
@@ -253,8 +291,8 @@ def register_shipped(db: Database, weights_path: Path) -> ModelRecord:
         first = cur.fetchone() is None
         cur.execute(
             """INSERT INTO models (version, arch, sha256, weights, card, status, promoted_at,
-                                   reason)
-               VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END, %s)""",
+                                   reason, onnx, onnx_sha256)
+               VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END, %s, %s, %s)""",
             (
                 version,
                 arch,
@@ -267,6 +305,7 @@ def register_shipped(db: Database, weights_path: Path) -> ModelRecord:
                 if first
                 else "shipped with the app; not promoted "
                 "because a champion already serves (promote it to serve it)",
+                *_graph_columns(graph),
             ),
         )
         if first:

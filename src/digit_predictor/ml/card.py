@@ -17,6 +17,7 @@ CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
 CURVE_PNG = "training_curve.png"
 EXAMPLES_PNG = "preprocessing_examples.png"
+GRAPH_NAME = "model.onnx"  # the ONNX graph the api serves, beside the weights (ml/export.py)
 
 
 class CardError(ValueError):
@@ -35,6 +36,9 @@ class ModelCard:
     weights_sha256: str | None = None
     weights_file: str | None = None
     weights_bytes: int | None = None
+    # The ONNX graph the api serves (ml/export.py), exported from these weights.
+    onnx_file: str | None = None
+    onnx_sha256: str | None = None
     parameter_count: int | None = None
     input: str | None = None
     normalisation: dict[str, float] | None = None

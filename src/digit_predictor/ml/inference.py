@@ -1,4 +1,6 @@
-"""Load the shipped weights with their model card and answer probabilities, thread-safely."""
+"""Load weights with their model card and answer probabilities in torch, thread-safely: what
+training, evaluation, the trust fit and explanations use. The api serves the same network as an
+ONNX graph (ml/serving.py), without torch."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import hashlib
 import io
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,31 +16,14 @@ import torch
 
 from digit_predictor.ml.card import CardError, ModelCard
 from digit_predictor.ml.models import build_model, inference_copy
+from digit_predictor.ml.serving import HOW_TO_TRAIN, Assessment, ModelLoadError, ModelNotFoundError
 from digit_predictor.ml.trust_head import assess, head_of, load_state
 
 CARD_NAME = ModelCard.FILE_NAME
-HOW_TO_TRAIN = "train one with `python -m digit_predictor.ml.train` (writes model/saved_model/)"
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """The weights file or its model card is missing."""
-
-
-class ModelLoadError(RuntimeError):
-    """The weights or the card exist but do not fit together (or are not what they claim)."""
 
 
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Assessment:
-    """Calibrated probabilities and how much the drawings look like a digit at all."""
-
-    probabilities: np.ndarray  # (N, 10) float64, each row summing to 1
-    ood_score: np.ndarray  # (N,) float64 in 0..1, higher = less like a digit
-    is_digit: np.ndarray  # (N,) bool
 
 
 def serving_copy(model: torch.nn.Module) -> torch.nn.Module:

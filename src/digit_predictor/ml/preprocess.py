@@ -11,11 +11,14 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:  # torch only where a caller asks for a tensor: the api's workers run without it
+    import torch
 
 # Pixel statistics of the MNIST training set; the model is trained on (x - MEAN) / STD.
 MNIST_MEAN = 0.1307
@@ -52,8 +55,17 @@ class EmptyDrawingError(ValueError):
 
 @dataclass
 class Preprocessed:
-    tensor: torch.Tensor  # float32 (1, 28, 28), normalised with MNIST_MEAN / MNIST_STD
     image: np.ndarray  # uint8 (28, 28), white ink on black: exactly what the model saw
+
+    @property
+    def array(self) -> np.ndarray:
+        """float32 (1, 28, 28), normalised with MNIST_MEAN / MNIST_STD: the model's input."""
+        return to_model_array(self.image)
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """`array` as a torch tensor, for training, evaluation and explanations."""
+        return to_model_tensor(self.image)
 
 
 def decode_image(data: bytes, *, max_side: int = 2048) -> Image.Image:
@@ -160,13 +172,20 @@ def _preprocess_crop(crop: np.ndarray) -> Preprocessed:
     patch = _fit_box(crop)
     field = _place_by_centre_of_mass(patch)
     image = np.clip(np.rint(field * 255.0), 0, 255).astype(np.uint8)
-    return Preprocessed(tensor=to_model_tensor(image), image=image)
+    return Preprocessed(image=image)
+
+
+def to_model_array(image: np.ndarray) -> np.ndarray:
+    """uint8 (28, 28) white-on-black -> normalised float32 (1, 28, 28)."""
+    x = np.ascontiguousarray(image, dtype=np.float32) / np.float32(255.0)
+    return ((x - np.float32(MNIST_MEAN)) / np.float32(MNIST_STD))[None]
 
 
 def to_model_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 (28, 28) white-on-black -> normalised float32 (1, 28, 28)."""
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32) / 255.0)
-    return ((x - MNIST_MEAN) / MNIST_STD).unsqueeze(0)
+    """`to_model_array` as a torch tensor."""
+    import torch  # here, not at the top: serving imports this module without torch
+
+    return torch.from_numpy(to_model_array(image))
 
 
 def ink_channel(img: Image.Image) -> tuple[np.ndarray, np.ndarray] | None:
@@ -300,21 +319,31 @@ def _normalise_stroke(crop: np.ndarray) -> np.ndarray:
 
 
 def _max_filter(values: np.ndarray, radius: int) -> np.ndarray:
-    """Square max filter (grey dilation) of the given radius; same shape as the input."""
-    t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None, None]
-    out = F.max_pool2d(t, kernel_size=2 * radius + 1, stride=1, padding=radius)
-    return np.asarray(out[0, 0].numpy(), dtype=np.float32)
+    """Square max filter (grey dilation) of the given radius; same shape as the input.
+
+    Separable: the max over rows of the max over columns, each a sliding window."""
+    out = np.asarray(values, dtype=np.float32)
+    size = 2 * radius + 1
+    for axis in (1, 0):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, constant_values=-np.inf)
+        out = sliding_window_view(padded, size, axis=axis).max(axis=-1)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def _fit_box(crop: np.ndarray) -> np.ndarray:
-    """Scale so the longer side is BOX pixels, aspect ratio kept, anti-aliased."""
+    """Scale so the longer side is BOX pixels, aspect ratio kept, anti-aliased.
+
+    PIL's bilinear resize of a float image widens its filter when shrinking (the anti-aliasing
+    torch's `interpolate(..., antialias=True)` was modelled on: same pixels to about 1e-6)."""
     height, width = crop.shape
     scale = BOX / max(height, width)
     new_h = max(1, min(BOX, round(height * scale)))
     new_w = max(1, min(BOX, round(width * scale)))
-    t = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None, None]
-    resized = F.interpolate(t, size=(new_h, new_w), mode="bilinear", antialias=True)
-    patch = np.clip(resized[0, 0].numpy(), 0.0, None)
+    picture = Image.fromarray(np.ascontiguousarray(crop, dtype=np.float32))  # mode "F"
+    resized = picture.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    patch = np.clip(np.asarray(resized, dtype=np.float32), 0.0, None)
     peak = float(patch.max())
     if peak <= 0.0:
         raise EmptyDrawingError("nothing was drawn: draw a digit first")

@@ -31,14 +31,16 @@ from digit_predictor.db import Database, DatabaseUnavailable, registry
 from digit_predictor.db.corrections import count_corrections, read_corrections
 from digit_predictor.db.registry import ModelRecord, RegistryError
 from digit_predictor.ml.batch import predict_proba
-from digit_predictor.ml.card import ModelCard
+from digit_predictor.ml.card import GRAPH_NAME, ModelCard
 from digit_predictor.ml.data import MnistDataError, default_data_dir, verify_files
+from digit_predictor.ml.export import onnx_graph
 from digit_predictor.ml.extra_digits import ExtraDigitsError
 from digit_predictor.ml.feedback import FeedbackData, LabelledSet, build_feedback_data
 from digit_predictor.ml.finetune import FinetuneConfig, ReplayData, finetune, replay_data
 from digit_predictor.ml.gate import GateResult, gate_benchmarks, run_gate
-from digit_predictor.ml.inference import Classifier, ModelLoadError
+from digit_predictor.ml.inference import Classifier
 from digit_predictor.ml.label_guard import DEFAULT_TOP_K, GuardResult, plausible_labels
+from digit_predictor.ml.serving import ModelLoadError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -193,6 +195,7 @@ def challenger_card(
     *,
     version: str,
     weights: bytes,
+    graph: bytes,
     options: RetrainOptions,
     feedback: FeedbackData,
     guard_train: GuardResult,
@@ -215,6 +218,8 @@ def challenger_card(
         weights_sha256=hashlib.sha256(weights).hexdigest(),
         weights_file=parent.weights_file,
         weights_bytes=len(weights),
+        onnx_file=GRAPH_NAME,
+        onnx_sha256=hashlib.sha256(graph).hexdigest(),
         parameter_count=parent.parameter_count,
         input=parent.input,
         normalisation=parent.normalisation,
@@ -339,11 +344,13 @@ def retrain(
     seconds["total"] = time.perf_counter() - started
 
     weights = _weights_bytes(result.model)
+    graph = onnx_graph(result.model)  # what the api will serve, made while torch is here
     version = f"{champion.arch}-{hashlib.sha256(weights).hexdigest()[:12]}"
     card = challenger_card(
         champion,
         version=version,
         weights=weights,
+        graph=graph,
         options=options,
         feedback=feedback,
         guard_train=guard_train,
@@ -376,6 +383,7 @@ def retrain(
         arch=champion.arch,
         weights=weights,
         card=card,
+        onnx=graph,
     )
     outcome.registered = True
     if not gate.passed:

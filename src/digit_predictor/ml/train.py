@@ -26,7 +26,9 @@ from digit_predictor.config import PROJECT_ROOT
 from digit_predictor.ml import card as model_card
 from digit_predictor.ml.augment import AugmentConfig, augment_batch
 from digit_predictor.ml.batch import normalise, predict
+from digit_predictor.ml.card import GRAPH_NAME
 from digit_predictor.ml.data import default_data_dir, load_split, verify_files
+from digit_predictor.ml.export import write_graph
 from digit_predictor.ml.inference import sha256_of
 from digit_predictor.ml.models import DEFAULT_ARCHITECTURE, build_model, parameter_count
 from digit_predictor.ml.preprocess import MNIST_MEAN, MNIST_STD
@@ -243,6 +245,8 @@ def save_model(
         weights_file=WEIGHTS_NAME,
         weights_sha256=sha,
         weights_bytes=weights.stat().st_size,
+        onnx_file=GRAPH_NAME,
+        onnx_sha256=write_graph(result.model, out_dir),
         input=(
             "float32 (N, 1, 28, 28): white ink on black, fitted to 20x20 and centred by "
             f"centre of mass, normalised (x - {MNIST_MEAN}) / {MNIST_STD}"

@@ -30,7 +30,9 @@ import torch
 from tqdm import tqdm
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
+from digit_predictor.ml.card import GRAPH_NAME
 from digit_predictor.ml.data import default_data_dir, load_split
+from digit_predictor.ml.export import write_graph
 from digit_predictor.ml.extra_digits import heldout_digits
 from digit_predictor.ml.inference import Classifier
 from digit_predictor.ml.nondigits import (
@@ -301,6 +303,8 @@ def write_outputs(
     card.version = f"{card.architecture}-{sha[:12]}"
     card.weights_sha256 = sha
     card.weights_bytes = len(blob)
+    card.onnx_file = GRAPH_NAME
+    card.onnx_sha256 = write_graph(classifier.model, out_dir)
     card.trust = {
         "command": command,
         "fit": report.as_dict(),

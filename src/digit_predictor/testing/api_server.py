@@ -51,20 +51,26 @@ def api_env(
 
 
 def make_test_model(directory: str | os.PathLike[str], *, version: str = "test-model-1") -> Path:
-    """Write untrained (seeded) weights and a model card; predictions are valid, not accurate."""
+    """Write untrained (seeded) weights, their ONNX graph and a model card; predictions are valid,
+    not accurate."""
     import torch
 
+    from digit_predictor.ml.card import GRAPH_NAME
+    from digit_predictor.ml.export import write_graph
     from digit_predictor.ml.models import DEFAULT_ARCHITECTURE, build_model
 
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     weights = folder / "model.pt"
-    torch.save(build_model(DEFAULT_ARCHITECTURE).state_dict(), weights)
+    model = build_model(DEFAULT_ARCHITECTURE).eval()
+    torch.save(model.state_dict(), weights)
     card = {
         "version": version,
         "architecture": DEFAULT_ARCHITECTURE,
         "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "onnx_file": GRAPH_NAME,
+        "onnx_sha256": write_graph(model, folder),
         "note": "untrained weights for tests",
     }
     (folder / "model_card.json").write_text(json.dumps(card), encoding="utf-8")

@@ -17,7 +17,7 @@ from digit_predictor.api.explainer import DrawingUnreadable, ExplainedPrediction
 from digit_predictor.api.routes.predictions import PredictionId
 from digit_predictor.api.schemas import ErrorResponse, Explanation
 from digit_predictor.db import queries
-from digit_predictor.ml import explain
+from digit_predictor.ml import explanation
 
 router = APIRouter(prefix="/v1/predictions", tags=["explanations"])
 
@@ -33,7 +33,7 @@ ScaleQuery = Annotated[
     int,
     Query(
         ge=1,
-        le=explain.MAX_OVERLAY_SCALE,
+        le=explanation.MAX_OVERLAY_SCALE,
         description="pixels per input pixel: 8 gives 224x224",
     ),
 ]
@@ -87,8 +87,8 @@ def get_explanation(
         prediction_id=prediction_id,
         digit=attribution.digit,
         predicted_digit=explained.prediction.predicted_digit,
-        method=explain.METHOD,
-        baseline=explain.BASELINE,
+        method=explanation.METHOD,
+        baseline=explanation.BASELINE,
         steps=attribution.steps,
         model_version=classifier.version,
         probability=attribution.probability,
