@@ -147,7 +147,7 @@ async def create_prediction(
         created_at=row.created_at or datetime.now(UTC),
         latency_ms=outcome.latency_ms,
         source=row.source,
-        model_input_png=outcome.model_input_png_base64(),
+        model_input_png=outcome.model_input_png_base64,
         stored=stored.id is not None,
     )
 

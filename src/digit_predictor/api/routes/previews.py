@@ -47,5 +47,5 @@ async def create_preview(
         ood_score=outcome.ood_score,
         model_version=outcome.model_version,  # the model that answered (it can swap)
         latency_ms=outcome.latency_ms,
-        model_input_png=outcome.model_input_png_base64(),
+        model_input_png=outcome.model_input_png_base64,
     )
