@@ -4,6 +4,7 @@ promote and rollback subcommands."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import subprocess
@@ -12,12 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from digit_predictor.config import DEFAULT_MODEL_PATH, PROJECT_ROOT
 from digit_predictor.db import Database, registry
+from digit_predictor.ml.inference import Classifier
+from digit_predictor.ml.preprocess import preprocess_bytes
 from digit_predictor.ml.retrain import HookContext, options_from_args, parse_args, retrain
+from digit_predictor.ml.serving import ServingClassifier
 
 from .feedback_rows import add_corrections, usps_drawings
 
@@ -129,6 +134,17 @@ def test_the_cli_contract_from_too_few_corrections_to_rollback(
     ]
     counts = new.card["retraining"]["corrections"]
     assert counts["rows"] == 200 and counts["train"] + counts["holdout"] == 200
+    # Registered with the ONNX graph the api serves, exported from these very weights.
+    graph = registry.load_graph(own_db, new.version)
+    assert graph is not None
+    assert new.card["onnx_sha256"] == hashlib.sha256(graph).hexdigest()
+    served = ServingClassifier(graph, new.card, arch=new.arch, weights=b"")
+    weights = registry.load_weights(own_db, new.version)
+    network = Classifier.from_weights(new.arch, weights, {"version": new.version})
+    x = np.stack([preprocess_bytes(png).array for png, _ in drawings[:16]])
+    assert np.allclose(
+        served.predict_proba(x), network.predict_proba(torch.from_numpy(x)), atol=1e-5
+    )
     assert statuses(own_db) == {champion: "retired", new.version: "champion"}
 
     again = retrain_cli(own_database_url, "--promote", *QUICK)
