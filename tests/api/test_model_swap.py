@@ -176,6 +176,13 @@ def test_a_champion_that_cannot_load_leaves_the_current_model_serving(
         registry.promote(own_db, "broken-1", reason="test")
         wait_for(lambda: "cannot serve the champion" in api.logs(), timeout_s=SWAP_DEADLINE_S)
         assert _serving(client) == SHIPPED
+        # A stored graph that no longer matches its sha256 is refused the same way.
+        _challenger(own_db, "tampered-1", seed=4)
+        with own_db.connection() as conn, conn.cursor() as cur:
+            cur.execute("UPDATE models SET onnx = 'tampered' WHERE version = 'tampered-1'")
+        registry.promote(own_db, "tampered-1", reason="test")
+        wait_for(lambda: "does not match its sha256" in api.logs(), timeout_s=SWAP_DEADLINE_S)
+        assert _serving(client) == SHIPPED
 
 
 def test_without_the_database_at_start_it_serves_the_file_then_the_champion(

@@ -177,3 +177,32 @@ def test_concurrent_promotions_leave_one_champion(db: Database, tmp_path: Path) 
     statuses = _statuses(db)
     assert list(statuses.values()).count("champion") == 1
     assert statuses["v0"] == "retired"
+
+
+def test_the_onnx_graph_travels_with_its_version(db: Database, tmp_path: Path) -> None:
+    # Retraining registers the graph with the weights; the shipped model brings its file.
+    _add(db, "with-graph", onnx=b"graph-one")
+    assert registry.load_graph(db, "with-graph") == b"graph-one"
+    folder = _shipped(tmp_path, "shipped-g", b"weights-g").parent
+    card = json.loads((folder / "model_card.json").read_text(encoding="utf-8"))
+    card["onnx_sha256"] = hashlib.sha256(b"shipped graph").hexdigest()
+    (folder / "model_card.json").write_text(json.dumps(card), encoding="utf-8")
+    (folder / "model.onnx").write_bytes(b"shipped graph")
+    registry.register_shipped(db, folder / "model.pt")
+    assert registry.load_graph(db, "shipped-g") == b"shipped graph"
+    # A graph file that is not the card's is left out: the api exports a fresh one.
+    stale = _shipped(tmp_path, "shipped-stale", b"weights-s")
+    (stale.parent / "model.onnx").write_bytes(b"some other graph")
+    registry.register_shipped(db, stale)
+    assert registry.load_graph(db, "shipped-stale") is None
+    # A version without one gets the graph its first exporter stores; later ones change nothing.
+    _add(db, "without-graph")
+    assert registry.load_graph(db, "without-graph") is None
+    registry.store_graph(db, "without-graph", b"exported first")
+    registry.store_graph(db, "without-graph", b"exported second")
+    assert registry.load_graph(db, "without-graph") == b"exported first"
+    # Bytes that no longer match their sha256 are refused, like weights.
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute("UPDATE models SET onnx = 'tampered' WHERE version = 'with-graph'")
+    with pytest.raises(registry.RegistryError, match=r"ONNX graph .* does not match"):
+        registry.load_graph(db, "with-graph")

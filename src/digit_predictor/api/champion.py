@@ -58,8 +58,13 @@ class ChampionWatcher:
                 return True
             if record.version in self._refused:
                 return True
-            weights = registry.load_weights(self._db, record.version)
-            graph = registry.load_graph(self._db, record.version)
+            try:
+                weights = registry.load_weights(self._db, record.version)
+                graph = registry.load_graph(self._db, record.version)
+            except registry.RegistryError as exc:  # stored bytes that fail their sha256
+                self._refused.add(record.version)
+                log.error("cannot serve the champion", extra={"error": str(exc)})
+                return True
         except DatabaseUnavailable as exc:
             log.info("model registry not reachable", extra={"error": str(exc)})
             return False
