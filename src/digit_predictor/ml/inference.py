@@ -14,12 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from digit_predictor.ml.card import CardError, ModelCard
 from digit_predictor.ml.models import build_model, inference_copy
-from digit_predictor.ml.serving import HOW_TO_TRAIN, Assessment, ModelLoadError, ModelNotFoundError
+from digit_predictor.ml.serving import Assessment, ModelLoadError, read_weights
 from digit_predictor.ml.trust_head import assess, head_of, load_state
-
-CARD_NAME = ModelCard.FILE_NAME
 
 
 def sha256_of(path: Path) -> str:
@@ -51,27 +48,8 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Classifier:
-        weights = Path(path)
-        card_path = weights.with_name(CARD_NAME)
-        if not weights.is_file():
-            raise ModelNotFoundError(f"model weights not found at {weights}; {HOW_TO_TRAIN}")
-        if not card_path.is_file():
-            raise ModelNotFoundError(
-                f"model card not found at {card_path} (it must sit beside the weights); "
-                f"{HOW_TO_TRAIN}"
-            )
-        try:
-            card = ModelCard.read(weights.parent)
-        except CardError as exc:
-            raise ModelLoadError(str(exc)) from exc
-        if card.weights_sha256 and sha256_of(weights) != card.weights_sha256:
-            raise ModelLoadError(
-                f"{weights} does not match its model card (sha256 differs); "
-                "ship the weights and the card from the same training run"
-            )
-        return cls.from_weights(
-            card.architecture, weights.read_bytes(), card.to_dict(), origin=str(weights)
-        )
+        card, weights = read_weights(path)
+        return cls.from_weights(card.architecture, weights, card.to_dict(), origin=str(path))
 
     @classmethod
     def from_weights(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -50,6 +51,30 @@ class Assessment:
     probabilities: np.ndarray  # (N, 10) float64, each row summing to 1
     ood_score: np.ndarray  # (N,) float64 in 0..1, higher = less like a digit
     is_digit: np.ndarray  # (N,) bool
+
+
+def read_weights(weights_path: str | os.PathLike[str]) -> tuple[ModelCard, bytes]:
+    """Weights from a file and the model card beside them, checked against each other: what
+    the api (here) and training, evaluation and explanations (ml/inference.py) load."""
+    path = Path(weights_path)
+    card_path = ModelCard.path_in(path.parent)
+    if not path.is_file():
+        raise ModelNotFoundError(f"model weights not found at {path}; {HOW_TO_TRAIN}")
+    if not card_path.is_file():
+        raise ModelNotFoundError(
+            f"model card not found at {card_path} (it must sit beside the weights); {HOW_TO_TRAIN}"
+        )
+    try:
+        card = ModelCard.read(path.parent)
+    except CardError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    weights = path.read_bytes()
+    if card.weights_sha256 and _sha256(weights) != card.weights_sha256:
+        raise ModelLoadError(
+            f"{path} does not match its model card (sha256 differs); "
+            "ship the weights and the card from the same training run"
+        )
+    return card, weights
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -107,28 +132,11 @@ class ServingClassifier:
         self._warm = threading.Event()
 
     @classmethod
-    def load(cls, weights_path: str | Path, *, threads: int = 1) -> ServingClassifier:
+    def load(cls, weights_path: str | os.PathLike[str], *, threads: int = 1) -> ServingClassifier:
         """The shipped model: weights, their card and their graph, side by side. A graph that
         is missing or not the card's (weights retrained by older code) is exported anew."""
-        path = Path(weights_path)
-        if not path.is_file():
-            raise ModelNotFoundError(f"model weights not found at {path}; {HOW_TO_TRAIN}")
-        try:
-            card = ModelCard.read(path.parent)
-        except CardError as exc:
-            if not ModelCard.path_in(path.parent).is_file():
-                raise ModelNotFoundError(
-                    f"model card not found beside {path} (it must sit beside the weights); "
-                    f"{HOW_TO_TRAIN}"
-                ) from exc
-            raise ModelLoadError(str(exc)) from exc
-        weights = path.read_bytes()
-        if card.weights_sha256 and _sha256(weights) != card.weights_sha256:
-            raise ModelLoadError(
-                f"{path} does not match its model card (sha256 differs); "
-                "ship the weights and the card from the same training run"
-            )
-        graph_path = path.with_name(GRAPH_NAME)
+        card, weights = read_weights(weights_path)
+        graph_path = Path(weights_path).with_name(GRAPH_NAME)
         graph = graph_path.read_bytes() if graph_path.is_file() else None
         if graph is not None and _sha256(graph) != card.onnx_sha256:
             log.warning("the ONNX graph is not the model card's; exporting it again")
