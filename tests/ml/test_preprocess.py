@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -211,6 +213,16 @@ def test_the_uint8_fast_path_gives_exactly_the_float_path_result(name: str) -> N
     general = preprocess_ink(ink_map(img))
     assert np.array_equal(fast.image, general.image), name
     assert torch.equal(fast.tensor, general.tensor)
+
+
+@pytest.mark.parametrize("name", list(_canvases()))
+def test_png_bytes_give_what_pil_decodes(name: str) -> None:
+    # preprocess_bytes hands 8-bit grey, RGB and RGBA PNGs to libspng; whatever decodes them,
+    # the model must see the very digit PIL's pixels give.
+    img = _canvases()[name]
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    assert np.array_equal(preprocess_bytes(out.getvalue()).image, preprocess_image(img).image)
 
 
 def test_resize_and_dilation_are_torchs_to_float_rounding() -> None:
