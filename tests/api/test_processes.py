@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import os
+import socket
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -10,10 +13,11 @@ import pytest
 
 from digit_predictor.cpus import cgroup_cpu_limit, usable_cpus
 from digit_predictor.db import Database, queries
+from digit_predictor.testing.api_server import start_api
 from tests.api import drawings
 from tests.api.test_outage import database_down, post
 from tests.pg import PostgresServer
-from tests.servers import CLEAN_EXIT, api_env, api_server, wait_for
+from tests.servers import CLEAN_EXIT, ServerFailed, api_env, api_server, wait_for
 
 
 def _files(tmp_path: Path, **contents: str) -> dict[str, Path]:
@@ -78,6 +82,47 @@ def test_graceful_stop_flushes_every_workers_queue(
     assert not any("could not be written" in r.get("msg", "") for r in records)
     stored = {str(r.request_id) for r in queries.recent_predictions(db, limit=100)}
     assert stored == {r.json()["request_id"] for r in queued}
+
+
+def test_connections_opened_at_once_are_spread_over_the_workers(
+    database_url: str, model_path: Path
+) -> None:
+    # 32 connections opened in one burst (as a browser, a proxy's pool or a benchmark does):
+    # with one shared listening socket the worker that woke first took most of them (measured:
+    # one core busy at concurrency 8). Each worker now listens on its own socket and the kernel
+    # spreads connections by a hash: fewer than 4 on either worker has odds of 1 in 400,000.
+    with api_server(api_env(database_url, model_path), workers=2) as api:
+        host, port = api.url.removeprefix("http://").split(":")
+        connections = [http.client.HTTPConnection(host, int(port), timeout=10) for _ in range(32)]
+        for connection in connections:
+            connection.connect()
+        for connection in connections:
+            connection.request("GET", "/healthz")
+        request_ids = []
+        for connection in connections:
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
+            request_ids.append(response.getheader("X-Request-ID"))
+            connection.close()
+        api.stop()
+        records = api.log_records()
+    answered_by = Counter(
+        r["pid"] for r in records if r.get("msg") == "request" and r["request_id"] in request_ids
+    )
+    assert sum(answered_by.values()) == 32
+    assert len(answered_by) == 2 and min(answered_by.values()) >= 4, answered_by
+
+
+def test_a_port_in_use_stops_the_workers_supervisor_with_a_clear_error(
+    database_url: str, model_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ServerFailed, match=r"(?i)address already in use"):
+            start_api(api_env(database_url, model_path), workers=2, port=port, timeout_s=30)
 
 
 def test_with_a_spool_a_worker_killed_during_an_outage_loses_nothing(

@@ -225,6 +225,17 @@ def test_png_bytes_give_what_pil_decodes(name: str) -> None:
     assert np.array_equal(preprocess_bytes(out.getvalue()).image, preprocess_image(img).image)
 
 
+def test_the_uint8_border_median_is_the_float_paths_to_the_bit() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(2000):
+        n = int(rng.integers(1, 3000))
+        values = rng.integers(0, 256, n).astype(np.uint8)
+        if rng.random() < 0.5:  # mostly one background value, as a canvas's border is
+            values[rng.random(n) < 0.8] = int(rng.integers(0, 256))
+        expected = float(np.median(values.astype(np.float32) / 255.0))
+        assert preprocess._median_level(values) == expected
+
+
 def test_resize_and_dilation_are_torchs_to_float_rounding() -> None:
     # Preprocessing runs without torch (the api's workers never import it); the PIL resize and
     # the numpy max filter must still be the torch operations the model was trained behind.

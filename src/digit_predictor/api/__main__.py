@@ -9,12 +9,17 @@ own queue.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Any
 
 import uvicorn
 
+from digit_predictor.api.sockets import run_workers
 from digit_predictor.config import get_settings
 from digit_predictor.cpus import usable_cpus
+
+APP = "digit_predictor.api.main:create_app"
 
 
 def main() -> None:
@@ -24,16 +29,21 @@ def main() -> None:
     # measurable speed here. Spawned workers inherit it (a single worker runs in this process,
     # whose allocator is already set up: the Dockerfile sets it too).
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")
-    uvicorn.run(
-        "digit_predictor.api.main:create_app",
-        factory=True,
-        host=settings.api_host,
-        port=settings.api_port,
-        workers=settings.api_workers or usable_cpus(),
-        timeout_keep_alive=5,
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": settings.api_host,
+        "port": settings.api_port,
+        "workers": settings.api_workers or usable_cpus(),
+        "timeout_keep_alive": 5,
         # The app logs JSON itself (api.logs), one line per request; no uvicorn access log.
-        access_log=False,
-    )
+        "access_log": False,
+    }
+    if options["workers"] == 1:
+        uvicorn.run(APP, **options)
+        return
+    # uvicorn.run's multi-process branch, except that each worker listens on its own socket.
+    with contextlib.suppress(KeyboardInterrupt):
+        run_workers(uvicorn.Config(APP, **options))
 
 
 if __name__ == "__main__":

@@ -281,7 +281,7 @@ def _ink_channel(pixels: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]
         colour = Image.frombuffer(mode, (width, height), contiguous, "raw", mode, 0, 1)
         lum = np.asarray(colour.convert("L"))
     border = np.concatenate([lum[0, :], lum[-1, :], lum[:, 0], lum[:, -1]])
-    return lum, _ink_levels(_UNIT_LEVELS.copy(), border.astype(np.float32) / 255.0)
+    return lum, _ink_levels(_UNIT_LEVELS.copy(), _median_level(border))
 
 
 # Value v of a uint8 channel -> v / 255 as float32, as the float path computes it per pixel.
@@ -323,11 +323,21 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
 def _ink_from_luminance(lum: np.ndarray) -> np.ndarray:
     """Detect light-on-dark vs dark-on-light from the border and subtract the background."""
     border = np.concatenate([lum[0, :], lum[-1, :], lum[:, 0], lum[:, -1]])
-    return _ink_levels(lum, border)
+    return _ink_levels(lum, float(np.median(border)))
 
 
-def _ink_levels(lum: np.ndarray, border: np.ndarray) -> np.ndarray:
-    background = float(np.median(border))
+def _median_level(values: np.ndarray) -> float:
+    """`np.median(values / 255)` in float32, as the float path computes it, for uint8 values:
+    the middle one or two found by a partition of the uint8s, a third of the time."""
+    n = values.size
+    middle = [(n - 1) // 2] if n % 2 else [n // 2 - 1, n // 2]
+    part = np.partition(values, middle)
+    levels = [np.float32(part[i]) / np.float32(255.0) for i in middle]
+    return float(levels[0] if n % 2 else (levels[0] + levels[1]) / np.float32(2.0))
+
+
+def _ink_levels(lum: np.ndarray, background: float) -> np.ndarray:
+    """Ink levels from luminance, given the background's (the border's median)."""
     if background > 0.5:
         lum = 1.0 - lum
         background = 1.0 - background

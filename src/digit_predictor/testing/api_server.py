@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from digit_predictor.config import Settings
-from digit_predictor.testing.loopback import ServerFailed, free_port, wait_ready
+from digit_predictor.testing.loopback import ServerFailed, free_port, wait_for, wait_ready
 
 # Settings the app reads, as environment variables; never inherited from the caller.
 APP_SETTINGS = frozenset(name.upper() for name in Settings.model_fields)
@@ -117,6 +117,11 @@ class ApiServer:
             self.url + path, self.process, name="api", log_tail=self._tail, timeout_s=timeout_s
         )
 
+    def wait_listening(self, workers: int, timeout_s: float = 60.0) -> None:
+        """Ready means one worker answers; each worker listens on its own socket once its model
+        is loaded (api/sockets.py). Wait for all, or the first would take every connection."""
+        wait_for(lambda: listening_sockets(self.port) >= workers, timeout_s)
+
     def stop(self, timeout_s: float = 20.0) -> int:
         """Graceful stop (SIGTERM, as Docker sends); SIGKILL if it does not end in time.
 
@@ -144,6 +149,18 @@ class ApiServer:
 
     def _tail(self, lines: int = 40) -> str:
         return "\n".join(self.logs().splitlines()[-lines:])
+
+
+def listening_sockets(port: int) -> int:
+    """How many TCP sockets listen on `port` (Linux: /proc/net/tcp and tcp6)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table, encoding="ascii") as rows:
+            next(rows)  # the header
+            for row in rows:
+                local, state = row.split()[1], row.split()[3]
+                count += state == "0A" and int(local.rsplit(":", 1)[1], 16) == port  # 0A: LISTEN
+    return count
 
 
 def start_api(
@@ -193,6 +210,7 @@ def start_api(
         )
         try:
             server.wait_ready(ready_path, timeout_s)
+            server.wait_listening(workers, timeout_s)
             return server
         except ServerFailed as exc:
             server.cleanup()
