@@ -193,12 +193,16 @@ def _canvases() -> dict[str, Image.Image]:
     opaque = Image.merge("RGBA", [grey, grey, grey, Image.new("L", grey.size, 255)])
     transparent = Image.merge("RGBA", [Image.new("L", grey.size, 40)] * 3 + [grey])
     tinted = Image.merge("RGB", [grey, grey.point(lambda v: v // 2), grey.point(lambda v: v // 3)])
+    strip = np.full(level.shape, 255, dtype=np.uint8)
+    strip[:, :20] = 0  # mostly opaque, a transparent strip: flattened on the float path
+    opaque_with_strip = Image.merge("RGBA", [grey, grey, grey, Image.fromarray(strip)])
     return {
         "L": grey,
         "L dark on light": grey.point(lambda v: 255 - v),
         "RGB tinted": tinted,
         "RGBA opaque (the canvas)": opaque,
         "RGBA ink in alpha": transparent,
+        "RGBA opaque, a transparent strip": opaque_with_strip,
         "LA ink in alpha": transparent.convert("LA"),
         "P": tinted.convert("P"),
     }
