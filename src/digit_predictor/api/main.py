@@ -152,7 +152,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     configure_logging(debug=settings.debug)
     services = await anyio.to_thread.run_sync(build_services, settings, app.state.metrics)
     app.state.services = services
-    freeze_startup_objects()
+    await anyio.to_thread.run_sync(freeze_startup_objects)  # a full collection: not on the loop
     log.info("api ready to serve", extra={"api_key_required": bool(settings.api_key)})
     undo_drain = delay_sigterm(app.state.drain, settings.shutdown_drain_s)
     try:

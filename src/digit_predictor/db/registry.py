@@ -25,7 +25,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from digit_predictor.db.pool import Database, DatabaseUnavailable
-from digit_predictor.ml.card import GRAPH_NAME
+from digit_predictor.ml.card import graph_beside
 
 log = logging.getLogger(__name__)
 
@@ -272,10 +272,7 @@ def register_shipped(db: Database, weights_path: Path) -> ModelRecord:
     weights = weights_path.read_bytes()
     version, arch = str(card["version"]), str(card["architecture"])
     sha = hashlib.sha256(weights).hexdigest()
-    graph_path = weights_path.with_name(GRAPH_NAME)
-    graph = graph_path.read_bytes() if graph_path.is_file() else None
-    if graph is not None and hashlib.sha256(graph).hexdigest() != card.get("onnx_sha256"):
-        graph = None  # not these weights' graph: the api exports one when it serves them
+    graph = graph_beside(weights_path, card.get("onnx_sha256"))
     with db.connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SHIPPED_LOCK_KEY,))
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAMPION_LOCK_KEY,))

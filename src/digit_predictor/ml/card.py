@@ -8,6 +8,7 @@ weights against it, retraining stores one (with the gate table) in the model reg
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,3 +256,13 @@ def plot_curve(history: list[dict[str, float]], path: Path) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def graph_beside(weights_path: Path, onnx_sha256: str | None) -> bytes | None:
+    """The ONNX graph beside a weights file when it is the one their card names; None when it
+    is missing or left from other weights (whoever serves them then exports a new one)."""
+    path = weights_path.with_name(GRAPH_NAME)
+    if not path.is_file():
+        return None
+    graph = path.read_bytes()
+    return graph if hashlib.sha256(graph).hexdigest() == onnx_sha256 else None

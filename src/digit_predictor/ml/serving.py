@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from digit_predictor.ml.card import GRAPH_NAME, CardError, ModelCard
+from digit_predictor.ml.card import CardError, ModelCard, graph_beside
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +136,9 @@ class ServingClassifier:
         """The shipped model: weights, their card and their graph, side by side. A graph that
         is missing or not the card's (weights retrained by older code) is exported anew."""
         card, weights = read_weights(weights_path)
-        graph_path = Path(weights_path).with_name(GRAPH_NAME)
-        graph = graph_path.read_bytes() if graph_path.is_file() else None
-        if graph is not None and _sha256(graph) != card.onnx_sha256:
-            log.warning("the ONNX graph is not the model card's; exporting it again")
-            graph = None
+        graph = graph_beside(Path(weights_path), card.onnx_sha256)
+        if graph is None:
+            log.warning("no ONNX graph of these weights beside them; exporting one")
         return cls.from_weights(card.architecture, weights, card.to_dict(), graph, threads=threads)
 
     @classmethod
