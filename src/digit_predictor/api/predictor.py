@@ -9,15 +9,15 @@ version it reports is the one that answered.
 from __future__ import annotations
 
 import base64
-import io
+import struct
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
-from digit_predictor.ml.preprocess import Preprocessed, preprocess_bytes
+from digit_predictor.ml.preprocess import PNG_MAGIC, Preprocessed, preprocess_bytes
 from digit_predictor.ml.serving import ServingClassifier
 
 
@@ -37,13 +37,31 @@ class Outcome:
 
 
 def preview_png(image: np.ndarray) -> bytes:
-    """The 28x28 model input as a PNG."""
-    out = io.BytesIO()
-    # 28x28 grey: fastest zlib level, the size hardly differs at this scale.
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(
-        out, format="PNG", compress_level=1
+    """The model input (uint8, H x W) as an 8-bit greyscale PNG.
+
+    Written here rather than by PIL: it runs once per answer, and PIL's general save path
+    (plugin, encoder set-up, chunk writers) cost about 0.3 ms of Python for a 28x28 image where
+    these few lines cost 0.03 (docs/profile.md). The format is fixed: one IHDR, one IDAT with
+    filter 0 on every row, IEND. Tested against PIL's decoder.
+    """
+    pixels = np.ascontiguousarray(image, dtype=np.uint8)
+    height, width = pixels.shape
+    rows = np.zeros((height, width + 1), dtype=np.uint8)  # a leading 0 per row: no filter
+    rows[:, 1:] = pixels
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
+    # 28x28 grey: the fastest zlib level, the size hardly differs at this scale.
+    return b"".join(
+        (
+            PNG_MAGIC,
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)),
+            _png_chunk(b"IEND", b""),
+        )
     )
-    return out.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 @dataclass(frozen=True)
