@@ -15,6 +15,7 @@ from digit_predictor.ml.nondigits import (
     TRAIN,
     TRAIN_FONTS,
     DigitSource,
+    filled_shape,
     generators,
     glyph,
     lookalike_letter,
@@ -36,7 +37,9 @@ def test_every_generator_draws_brush_strokes_on_the_280_canvas(source: DigitSour
             ink = generate(rng, split)
             assert ink.shape == (280, 280), name
             assert ink.dtype == np.float32 and ink.min() >= 0.0 and ink.max() <= 1.0, name
-            assert 0.005 < float((ink > 0.5).mean()) < 0.6, name  # strokes, not a blank or a fill
+            # Strokes, not a blank (nor a fill, but for the shapes that are coloured in).
+            most = 0.9 if name == "filled shapes" else 0.6
+            assert 0.005 < float((ink > 0.5).mean()) < most, name
             # Anti-aliased like a browser canvas: there are partial-ink edge pixels.
             assert ((ink > 0.05) & (ink < 0.95)).any(), name
 
@@ -101,3 +104,13 @@ def test_digit_source_leaves_out_the_digits_a_slash_would_not_change(
     mnist_crops = {_crop(image) for image in source.images}
     # The MNIST picks are all that one digit; the rest are pen-stroke digits.
     assert picks & mnist_crops == {_crop(source.images[5])}
+
+
+def test_filled_shapes_are_coloured_in_not_outlines() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        ink = filled_shape(rng, TRAIN) > 0.5
+        rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+        box = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        # An outline with a pen of at most 36 px covers little of a large box; these cover much.
+        assert box.mean() > 0.3

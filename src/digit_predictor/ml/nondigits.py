@@ -1,6 +1,6 @@
 """Drawings that are not a digit, made the way a person's drawing reaches the api.
 
-Six generators, each a different idea of "not a digit", so a detector fitted on some of them
+Seven generators, each a different idea of "not a digit", so a detector fitted on some of them
 can be checked on the others (and on held-out fonts and seeds):
 
 - letters: glyphs of the DejaVu fonts, traced along their centre line with a round brush, like
@@ -15,6 +15,9 @@ can be checked on the others (and on held-out fonts and seeds):
 - two digits: two MNIST digits (or two pen-stroke digits) side by side, as one drawing.
 - slashed digits: a digit with a stroke through it, as a person crosses something out (never
   0, since a slashed zero is a zero, nor 7, whose own stroke is a slash).
+- filled shapes: a triangle, quadrilateral, pentagon, star, ellipse or blob coloured in, solid
+  or hatched back and forth with the pen (the outline generators above never fill anything,
+  and a filled triangle used to pass as a 1).
 
 Every drawing is an ink map on the 280x280 canvas, drawn with a round brush, sent as a PNG (in
 the canvas's styles) and put through the serving preprocessing (`preprocess_bytes`).
@@ -29,7 +32,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from digit_predictor.ml.preprocess import EmptyDrawingError, preprocess_bytes
 from digit_predictor.ml.synthetic_digits import CANVAS, TEMPLATES, pen_digit, redraw_digit, to_png
@@ -411,6 +414,65 @@ def doodle(rng: np.random.Generator, split: Split) -> np.ndarray:
     return paint(placed, min(width, 22.0))
 
 
+def _outline(rng: np.random.Generator) -> list[Point]:
+    """A closed outline in the unit box: a triangle, a quadrilateral, a pentagon, a star, an
+    ellipse or an irregular blob."""
+    kind = int(rng.integers(6))
+    if kind == 3:  # a star: alternate outer and inner points
+        spikes = int(rng.integers(4, 7))
+        angles = np.linspace(0, 2 * math.pi, 2 * spikes + 1)[:-1]
+        radii = [0.5 if i % 2 == 0 else rng.uniform(0.2, 0.3) for i in range(len(angles))]
+        return [
+            (0.5 + r * math.sin(a), 0.5 - r * math.cos(a))
+            for r, a in zip(radii, angles, strict=True)
+        ]
+    if kind == 4:  # an ellipse
+        return [
+            (0.5 + 0.5 * math.cos(t), 0.5 + 0.5 * math.sin(t))
+            for t in np.linspace(0, 2 * math.pi, 40)[:-1]
+        ]
+    corners = (3, 4, 5, 12)[kind if kind < 3 else 3]
+    angles = (
+        np.sort(rng.uniform(0, 2 * math.pi, corners))
+        if kind == 5
+        else np.linspace(0, 2 * math.pi, corners + 1)[:-1]
+    )
+    radii = rng.uniform(0.3, 0.5, corners) if kind == 5 else np.full(corners, 0.5)
+    return [
+        (0.5 + r * math.cos(a), 0.5 + r * math.sin(a)) for r, a in zip(radii, angles, strict=True)
+    ]
+
+
+def filled_shape(rng: np.random.Generator, split: Split) -> np.ndarray:
+    """A shape coloured in: filled solid, or hatched back and forth with the pen as a person
+    fills an area on a canvas (never an outline alone: `shape` draws those)."""
+    outline = _outline(rng)
+    placed, width = place([[*outline, outline[0]]], rng)
+    border = placed[0]
+    up = 2
+    region = Image.new("L", (CANVAS * up, CANVAS * up), 0)
+    ImageDraw.Draw(region).polygon([(x * up, y * up) for x, y in border], fill=255)
+    mask = (
+        np.asarray(region.resize((CANVAS, CANVAS), Image.Resampling.BOX), dtype=np.float32) / 255.0
+    )
+    if rng.random() < 0.5:  # solid, its edge drawn with the pen
+        return np.maximum(mask, paint([border], width))
+    # Hatched: a zigzag across the shape, lines 0.6-1.5 pens apart, kept inside the shape.
+    xs, ys = [x for x, _ in border], [y for _, y in border]
+    gap = width * rng.uniform(0.6, 1.5)
+    rows = np.arange(min(ys), max(ys) + gap, gap)
+    zigzag = [(min(xs) if i % 2 == 0 else max(xs), float(y)) for i, y in enumerate(rows)]
+    if rng.random() < 0.5:  # strokes one way or the other
+        zigzag = [(min(xs) + max(ys) - y, x - min(xs) + min(ys)) for x, y in zigzag]
+    hatch = paint([zigzag], width)
+    grown = Image.fromarray((mask * 255).astype(np.uint8)).filter(
+        ImageFilter.MaxFilter(2 * round(width / 4) + 1)
+    )
+    return np.maximum(
+        hatch * (np.asarray(grown, dtype=np.float32) / 255.0), paint([border], width * 0.5)
+    )
+
+
 # --- digits that are not one digit ----------------------------------------------------------------
 
 
@@ -514,11 +576,20 @@ GENERATOR_NAMES = (
     "doodles",
     "two digits side by side",
     "digits with a slash through",
+    "filled shapes",
 )
 
 
 def generators(source: DigitSource) -> dict[str, Generator]:
-    made = (letter, scribble, shape, doodle, two_digits(source), slashed_digit(source))
+    made = (
+        letter,
+        scribble,
+        shape,
+        doodle,
+        two_digits(source),
+        slashed_digit(source),
+        filled_shape,
+    )
     return dict(zip(GENERATOR_NAMES, made, strict=True))
 
 
