@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -85,7 +85,7 @@ def _filled(corners: list[tuple[int, int]]) -> bytes:
     return drawings.png_bytes(canvas)
 
 
-NON_DIGITS = {
+NON_DIGITS: dict[str, Callable[[], bytes]] = {
     "a house": lambda: _picture(DOODLES["house"](np.random.default_rng(0)), 1),
     "a smiley": lambda: _picture(DOODLES["smiley"](np.random.default_rng(0)), 2),
     "a star": lambda: _picture(SHAPES["star"](np.random.default_rng(1)), 3),

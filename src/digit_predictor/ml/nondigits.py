@@ -421,10 +421,10 @@ def _outline(rng: np.random.Generator) -> list[Point]:
     if kind == 3:  # a star: alternate outer and inner points
         spikes = int(rng.integers(4, 7))
         angles = np.linspace(0, 2 * math.pi, 2 * spikes + 1)[:-1]
-        radii = [0.5 if i % 2 == 0 else rng.uniform(0.2, 0.3) for i in range(len(angles))]
+        points = [0.5 if i % 2 == 0 else float(rng.uniform(0.2, 0.3)) for i in range(len(angles))]
         return [
             (0.5 + r * math.sin(a), 0.5 - r * math.cos(a))
-            for r, a in zip(radii, angles, strict=True)
+            for r, a in zip(points, angles, strict=True)
         ]
     if kind == 4:  # an ellipse
         return [
@@ -456,7 +456,8 @@ def filled_shape(rng: np.random.Generator, split: Split) -> np.ndarray:
         np.asarray(region.resize((CANVAS, CANVAS), Image.Resampling.BOX), dtype=np.float32) / 255.0
     )
     if rng.random() < 0.5:  # solid, its edge drawn with the pen
-        return np.maximum(mask, paint([border], width))
+        solid: np.ndarray = np.maximum(mask, paint([border], width))
+        return solid
     # Hatched: a zigzag across the shape, lines 0.6-1.5 pens apart, kept inside the shape.
     xs, ys = [x for x, _ in border], [y for _, y in border]
     gap = width * rng.uniform(0.6, 1.5)
@@ -468,9 +469,10 @@ def filled_shape(rng: np.random.Generator, split: Split) -> np.ndarray:
     grown = Image.fromarray((mask * 255).astype(np.uint8)).filter(
         ImageFilter.MaxFilter(2 * round(width / 4) + 1)
     )
-    return np.maximum(
+    hatched: np.ndarray = np.maximum(
         hatch * (np.asarray(grown, dtype=np.float32) / 255.0), paint([border], width * 0.5)
     )
+    return hatched
 
 
 # --- digits that are not one digit ----------------------------------------------------------------
