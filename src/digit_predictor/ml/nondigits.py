@@ -431,7 +431,7 @@ def _outline(rng: np.random.Generator) -> list[Point]:
             (0.5 + 0.5 * math.cos(t), 0.5 + 0.5 * math.sin(t))
             for t in np.linspace(0, 2 * math.pi, 40)[:-1]
         ]
-    corners = (3, 4, 5, 12)[kind if kind < 3 else 3]
+    corners = {0: 3, 1: 4, 2: 5, 5: 12}[kind]  # triangle, quadrilateral, pentagon, blob
     angles = (
         np.sort(rng.uniform(0, 2 * math.pi, corners))
         if kind == 5
@@ -463,7 +463,7 @@ def filled_shape(rng: np.random.Generator, split: Split) -> np.ndarray:
     gap = width * rng.uniform(0.6, 1.5)
     rows = np.arange(min(ys), max(ys) + gap, gap)
     zigzag = [(min(xs) if i % 2 == 0 else max(xs), float(y)) for i, y in enumerate(rows)]
-    if rng.random() < 0.5:  # strokes one way or the other
+    if rng.random() < 0.5:  # the same zigzag turned a quarter: strokes down, not across
         zigzag = [(min(xs) + max(ys) - y, x - min(xs) + min(ys)) for x, y in zigzag]
     hatch = paint([zigzag], width)
     grown = Image.fromarray((mask * 255).astype(np.uint8)).filter(
