@@ -23,6 +23,7 @@ from digit_predictor.db import Database, registry
 from digit_predictor.db.queries import NewPrediction, get_prediction, insert_prediction
 from digit_predictor.web import actions, canvas, data, ui
 from digit_predictor.web.canvas import Drawing
+from digit_predictor.web.views import draw
 from tests.web.drawings import BLANK, SEVEN, canvas_png
 from tests.web.stub_api import Reply, StubApi, prediction_body, running_stub
 
@@ -105,7 +106,7 @@ def test_landing_page_invites_a_drawing(page: Page, stub: StubApi) -> None:
     _no_failure(at)
     assert at.title[0].value == "Draw a digit"
     assert "Your prediction appears here." in [i.value for i in at.info]
-    assert f"No predictions yet today ({TZ})" in _texts(at)
+    assert f"{draw.NO_DIGIT_YET} ({TZ})" in _texts(at)
     assert at.button(key="predict").label == "Predict"
 
 

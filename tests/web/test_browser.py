@@ -22,6 +22,7 @@ import psycopg2
 import pytest
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
+from digit_predictor.web.views.draw import NO_DIGIT_YET
 from tests.servers import ApiServer, api_env, make_test_model, start_api
 from tests.web.web_server import WebServer, start_web
 
@@ -275,7 +276,7 @@ def _scenario(stack: dict[str, Any], page: Any) -> None:
     assert _metrics(page)["Predictions"] == "0"
 
     _go(page, "Draw")
-    page.get_by_text("No predictions yet today").wait_for()
+    page.get_by_text(NO_DIGIT_YET).wait_for()
 
     # An empty canvas: a message, and no request.
     page.get_by_role("button", name="Predict", exact=True).click()

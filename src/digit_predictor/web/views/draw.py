@@ -82,6 +82,11 @@ def _fetch_high_score() -> data.HighScore | None:
     return data.high_score(resources.database(), resources.settings().tz)
 
 
+# Drawings flagged as not a digit are stored but never the high score: "no predictions" would
+# be untrue after one.
+NO_DIGIT_YET = "No digit drawn yet today"
+
+
 def _show_high_score(state: Any) -> None:
     tracker: HighScoreState = state.high_score
     tracker.refresh_if_due(_fetch_high_score)
@@ -92,7 +97,7 @@ def _show_high_score(state: Any) -> None:
             st.caption("Unavailable right now: the database cannot be reached.")
         elif tracker.value is None:
             st.markdown("**Today's high score**")
-            st.caption(f"No predictions yet today ({tz}). Be the first!")
+            st.caption(f"{NO_DIGIT_YET} ({tz}). Be the first!")
         else:
             best = tracker.value
             st.metric("Today's high score", f"{best.confidence:.1%}")
