@@ -15,6 +15,7 @@ import os
 import re
 import statistics
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,16 @@ def page(stack: dict[str, Any]) -> Iterator[Any]:
             browser.close()
 
 
+@contextmanager
+def screenshot_on_failure(page: Any, name: str) -> Iterator[None]:
+    """Keep what the page showed when a scenario failed (`.artifacts/screenshots/NAME`)."""
+    try:
+        yield
+    except BaseException:
+        page.screenshot(path=str(SCREENSHOTS / name))
+        raise
+
+
 def _wait_idle(page: Any) -> None:
     """Until Streamlit has finished the script run the last interaction started."""
     page.wait_for_timeout(150)
@@ -258,11 +269,8 @@ def _answer(page: Any, true_digit: int, shown: int) -> None:
 def test_draw_predict_correct_history_statistics_and_api_outage(
     stack: dict[str, Any], page: Any
 ) -> None:
-    try:
+    with screenshot_on_failure(page, "failure.png"):
         _scenario(stack, page)
-    except BaseException:
-        page.screenshot(path=str(SCREENSHOTS / "failure.png"))
-        raise
 
 
 def _scenario(stack: dict[str, Any], page: Any) -> None:

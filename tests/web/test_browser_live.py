@@ -35,6 +35,7 @@ from tests.web.test_browser import (
     _no_traceback,
     _predict,
     _wait_idle,
+    screenshot_on_failure,
 )
 from tests.web.web_server import WebServer
 
@@ -171,11 +172,8 @@ def _open_draw_page(page: Any, web: WebServer) -> None:
 def test_live_answers_follow_each_stroke_and_nothing_is_stored_until_predict(
     stack: dict[str, Any], page: Any
 ) -> None:
-    try:
+    with screenshot_on_failure(page, "live-failure.png"):
         _live_scenario(stack, page)
-    except BaseException:
-        page.screenshot(path=str(SCREENSHOTS / "live-failure.png"))
-        raise
 
 
 def _live_scenario(stack: dict[str, Any], page: Any) -> None:
@@ -233,11 +231,8 @@ def _live_scenario(stack: dict[str, Any], page: Any) -> None:
 def test_why_shows_the_map_for_the_answer_and_for_the_correction(
     stack: dict[str, Any], page: Any
 ) -> None:
-    try:
+    with screenshot_on_failure(page, "why-failure.png"):
         _why_scenario(stack, page)
-    except BaseException:
-        page.screenshot(path=str(SCREENSHOTS / "why-failure.png"))
-        raise
 
 
 def _loaded_image(page: Any, caption: str) -> dict[str, int]:

@@ -27,6 +27,7 @@ from tests.web.test_browser import (
     _no_traceback,
     _predict,
     _wait_idle,
+    screenshot_on_failure,
 )
 from tests.web.web_server import WebServer
 
@@ -64,11 +65,8 @@ def test_a_house_is_not_a_digit_and_does_not_become_the_high_score(
 ) -> None:
     if not stack["trained"]:
         pytest.skip("needs the shipped model: untrained weights have no non-digit detector")
-    try:
+    with screenshot_on_failure(page, "not-a-digit-failure.png"):
         _scenario(stack, page)
-    except BaseException:
-        page.screenshot(path=str(SCREENSHOTS / "not-a-digit-failure.png"))
-        raise
 
 
 def _scenario(stack: dict[str, Any], page: Any) -> None:
