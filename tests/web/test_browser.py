@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg2
 import pytest
+from psycopg2 import sql
 
 from digit_predictor.config import DEFAULT_MODEL_PATH
 from digit_predictor.web.views.draw import NO_DIGIT_YET
@@ -221,19 +222,27 @@ def _predict(page: Any) -> tuple[int, float]:
     return int(shown.inner_text().strip()), float(elapsed)
 
 
-def _latest_row(database_url: str) -> tuple[int, int, int | None, str | None]:
+def latest_row(database_url: str, *columns: str) -> tuple[Any, ...]:
+    """The newest prediction's `columns`, straight from PostgreSQL."""
+    query = sql.SQL("SELECT {} FROM predictions ORDER BY id DESC LIMIT 1").format(
+        sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
     conn = psycopg2.connect(database_url)
     try:
         with conn.cursor() as cur:
-            cur.execute(
-                "SELECT id, predicted_digit, true_digit, source FROM predictions "
-                "ORDER BY id DESC LIMIT 1"
-            )
+            cur.execute(query)
             row = cur.fetchone()
     finally:
         conn.close()
     assert row is not None
-    return int(row[0]), int(row[1]), row[2], row[3]
+    return tuple(row)
+
+
+def _latest_row(database_url: str) -> tuple[int, int, int | None, str | None]:
+    row_id, digit, truth, source = latest_row(
+        database_url, "id", "predicted_digit", "true_digit", "source"
+    )
+    return int(row_id), int(digit), truth, source
 
 
 def _metrics(page: Any) -> dict[str, str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import psycopg2
 import pytest
 
 from digit_predictor.web.views.draw import NO_DIGIT_YET, NOT_A_DIGIT
@@ -27,6 +26,7 @@ from tests.web.test_browser import (
     _no_traceback,
     _predict,
     _wait_idle,
+    latest_row,
     screenshot_on_failure,
 )
 from tests.web.web_server import WebServer
@@ -46,18 +46,10 @@ HOUSE: list[Stroke] = [
 
 
 def _latest_trust_row(database_url: str) -> tuple[int, bool | None, float | None, int | None]:
-    conn = psycopg2.connect(database_url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT id, is_digit, ood_score, true_digit FROM predictions "
-                "ORDER BY id DESC LIMIT 1"
-            )
-            row = cur.fetchone()
-    finally:
-        conn.close()
-    assert row is not None
-    return int(row[0]), row[1], row[2], row[3]
+    row_id, is_digit, ood_score, truth = latest_row(
+        database_url, "id", "is_digit", "ood_score", "true_digit"
+    )
+    return int(row_id), is_digit, ood_score, truth
 
 
 def test_a_house_is_not_a_digit_and_does_not_become_the_high_score(
