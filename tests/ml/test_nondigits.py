@@ -11,6 +11,8 @@ from digit_predictor.ml.nondigits import (
     HELDOUT_FONTS,
     LETTERS,
     LOOKALIKES,
+    PEN_HELDOUT_FONTS,
+    PEN_TRAIN_FONTS,
     SLASH_FREE,
     TRAIN,
     TRAIN_FONTS,
@@ -20,6 +22,8 @@ from digit_predictor.ml.nondigits import (
     glyph,
     lookalike_letter,
     nondigit_set,
+    pen_letter,
+    pen_strokes,
 )
 from digit_predictor.ml.preprocess import FIELD
 
@@ -58,6 +62,24 @@ def test_sets_come_out_as_the_model_sees_a_drawing_and_repeat_by_seed(
 def test_held_out_letters_come_from_fonts_never_used_for_training() -> None:
     assert not set(TRAIN_FONTS) & set(HELDOUT_FONTS)
     assert TRAIN.fonts == TRAIN_FONTS and HELDOUT.fonts == HELDOUT_FONTS
+
+
+def test_held_out_pen_letters_come_from_font_families_never_used_for_training() -> None:
+    assert TRAIN.pen_fonts == PEN_TRAIN_FONTS and HELDOUT.pen_fonts == PEN_HELDOUT_FONTS
+    # Hershey has the same glyphs under two names (cursive and scripts): compare strokes.
+    assert pen_strokes("a", "cursive") == pen_strokes("a", "scripts")
+    for train in PEN_TRAIN_FONTS:
+        for held in PEN_HELDOUT_FONTS:
+            assert all(pen_strokes(c, train) != pen_strokes(c, held) for c in "aekRW"), held
+
+
+def test_pen_letters_are_upright_strokes_of_the_letter() -> None:
+    (stem, foot) = pen_strokes("L", "futural")  # y grows downwards, as on the canvas
+    assert stem[0][0] == stem[-1][0] and stem[-1][1] > stem[0][1]  # down the stem
+    assert foot[0][1] == foot[-1][1] == max(y for _, y in stem)  # the foot at the bottom
+    ink = pen_letter(np.random.default_rng(0), TRAIN)
+    rows = np.flatnonzero((ink > 0.5).any(axis=1))
+    assert ink.shape == (280, 280) and len(rows) > 40  # a letter's height, not a dot
 
 
 def test_letters_that_look_like_digits_are_not_counted_as_non_digits() -> None:

@@ -1,12 +1,15 @@
 """Drawings that are not a digit, made the way a person's drawing reaches the api.
 
-Seven generators, each a different idea of "not a digit", so a detector fitted on some of them
+Eight generators, each a different idea of "not a digit", so a detector fitted on some of them
 can be checked on the others (and on held-out fonts and seeds):
 
 - letters: glyphs of the DejaVu fonts, traced along their centre line with a round brush, like
   the canvas benchmark redraws MNIST digits. Letters a person draws exactly like a digit (O/o
   and 0, I/l/| and 1, Z/z and 2, S/s and 5, b and 6, q/g and 9, B and 8) are left out of the
   non-digit sets: nobody, model or person, can tell them apart, and calling an "O" a 0 is right.
+- pen letters: the same letters as a pen writes them, from the single-stroke Hershey plotter
+  fonts (script, roman, italic), with a hand's slow wobble. Traced typeset glyphs alone taught
+  the detector little about script: it let about 30% of script letters through.
 - scribbles: one to three smooth random pen paths, crossing themselves.
 - shapes: triangle, square, star, arrow, heart, spiral, hash, cross-hatch, zigzag, wave...
   (never a plain circle or ellipse: that is a 0).
@@ -32,6 +35,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+from HersheyFonts import HersheyFonts
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from digit_predictor.ml.preprocess import EmptyDrawingError, preprocess_bytes
@@ -53,6 +57,10 @@ HELDOUT_FONTS = (
     "DejaVuSerifCondensed.ttf",
     "DejaVuSansMono-BoldOblique.ttf",
 )
+# Hershey fonts, split by family: some names are the same glyphs twice (cursive = scripts,
+# rowmans = futural, rowmand = futuram, timesrb = rowmant), so each family is on one side only.
+PEN_TRAIN_FONTS = ("scripts", "futural", "rowmant", "timesi")
+PEN_HELDOUT_FONTS = ("scriptc", "futuram", "timesr", "timesib")
 
 # Letters a person draws the same as a digit: they are neither digits nor non-digits here.
 LOOKALIKES: dict[str, int] = {
@@ -83,6 +91,10 @@ class Split:
     @property
     def fonts(self) -> tuple[str, ...]:
         return HELDOUT_FONTS if self.heldout else TRAIN_FONTS
+
+    @property
+    def pen_fonts(self) -> tuple[str, ...]:
+        return PEN_HELDOUT_FONTS if self.heldout else PEN_TRAIN_FONTS
 
 
 TRAIN = Split(heldout=False)
@@ -201,6 +213,28 @@ def letter(rng: np.random.Generator, split: Split, alphabet: str = LETTERS) -> n
         resample=Image.Resampling.BILINEAR,
     )
     return redraw_digit(np.asarray(img), rng, height_share=(0.3, 0.9), max_brush_share=0.25)
+
+
+@cache
+def hershey_font(name: str) -> HersheyFonts:
+    font = HersheyFonts()
+    font.load_default_font(name)
+    return font
+
+
+def pen_strokes(char: str, font: str) -> list[Stroke]:
+    """A Hershey glyph's strokes (font units, y down), as the plotter's pen moves."""
+    strokes = hershey_font(font).strokes_for_text(char)
+    return [[(float(x), float(y)) for x, y in s] for s in map(list, strokes) if len(s) > 1]
+
+
+def pen_letter(rng: np.random.Generator, split: Split) -> np.ndarray:
+    """A letter (never a digit look-alike) written along a single-stroke Hershey glyph."""
+    char = LETTERS[int(rng.integers(len(LETTERS)))]
+    font = split.pen_fonts[int(rng.integers(len(split.pen_fonts)))]
+    placed, width = place(pen_strokes(char, font), rng)
+    # A brush of at most 28 px: the fonts' double and triple strokes run together above it.
+    return paint([_wobble(s, rng, amount=1.5) for s in placed], min(width, 28.0))  # 1.5 px
 
 
 def lookalike_letter(rng: np.random.Generator, split: Split) -> np.ndarray:
@@ -579,6 +613,7 @@ GENERATOR_NAMES = (
     "two digits side by side",
     "digits with a slash through",
     "filled shapes",
+    "pen letters",
 )
 
 
@@ -591,6 +626,7 @@ def generators(source: DigitSource) -> dict[str, Generator]:
         two_digits(source),
         slashed_digit(source),
         filled_shape,
+        pen_letter,
     )
     return dict(zip(GENERATOR_NAMES, made, strict=True))
 
