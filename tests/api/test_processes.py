@@ -5,15 +5,18 @@ from __future__ import annotations
 import http.client
 import os
 import socket
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
 
+from digit_predictor.api.workers import STARTUP_FAILURE, hold_port, reuse_port_socket
 from digit_predictor.cpus import cgroup_cpu_limit, usable_cpus
 from digit_predictor.db import Database, queries
-from digit_predictor.testing.api_server import start_api
+from digit_predictor.testing.api_server import app_free_environ, listening_sockets, start_api
 from tests.api import drawings
 from tests.api.test_outage import database_down, post
 from tests.pg import PostgresServer
@@ -123,6 +126,70 @@ def test_a_port_in_use_stops_the_workers_supervisor_with_a_clear_error(
         port = taken.getsockname()[1]
         with pytest.raises(ServerFailed, match=r"(?i)address already in use"):
             start_api(api_env(database_url, model_path), workers=2, port=port, timeout_s=30)
+
+
+def test_a_held_port_takes_this_apis_workers_and_refuses_another_api() -> None:
+    # Before any worker listens (the model takes seconds to load), the placeholder alone must
+    # keep a second api out, while letting this api's workers in.
+    with hold_port("127.0.0.1", 0) as placeholder:
+        port = placeholder.getsockname()[1]
+        with pytest.raises(OSError, match=r"(?i)address already in use"):
+            hold_port("127.0.0.1", port).close()
+        with reuse_port_socket("127.0.0.1", port) as worker:
+            worker.listen()
+            with pytest.raises(OSError, match=r"(?i)address already in use"):
+                hold_port("127.0.0.1", port).close()
+
+
+@pytest.mark.parametrize("second_workers", [2, 1])
+def test_a_second_api_on_the_same_port_is_refused_and_the_first_keeps_every_connection(
+    database_url: str, model_path: Path, second_workers: int
+) -> None:
+    # SO_REUSEPORT would let a second api (same user) join the first one's port and silently
+    # take half its connections: a stale copy, a second `make dev`.
+    env = api_env(database_url, model_path)
+    with api_server(env, workers=2) as api:
+        second = subprocess.run(
+            [sys.executable, "-m", "digit_predictor.api"],
+            env={
+                **app_free_environ(),
+                **env,
+                "API_HOST": "127.0.0.1",
+                "API_PORT": str(api.port),
+                "API_WORKERS": str(second_workers),
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == STARTUP_FAILURE, second.stdout + second.stderr
+        assert "address already in use" in (second.stdout + second.stderr).lower()
+        assert listening_sockets(api.port) == 2
+        request_ids = []
+        for _ in range(20):  # a new connection each: the kernel spreads them over the listeners
+            with api.client() as client:
+                response = client.get("/healthz")
+                assert response.status_code == 200
+                request_ids.append(response.headers["X-Request-ID"])
+        api.stop()
+        records = api.log_records()
+    logged = {r["request_id"] for r in records if r.get("msg") == "request"}
+    assert set(request_ids) <= logged  # every one answered by this api's workers
+
+
+def test_workers_stop_when_their_supervisor_is_killed(database_url: str, model_path: Path) -> None:
+    # SIGKILL reaches only the supervisor (OOM killer, `kill -9`, a crashed container runtime's
+    # shim): its workers must not serve on as orphans that nobody restarts or stops.
+    with api_server(api_env(database_url, model_path), workers=2) as api:
+        workers = {r["pid"] for r in api.log_records() if r.get("msg") == "api ready to serve"}
+        assert len(workers) == 2
+        api.kill()
+        wait_for(lambda: listening_sockets(api.port) == 0, timeout_s=20)
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), timeout_s=20)
+        records = api.log_records()
+    gone = "the api's supervisor is gone: stopping this worker"
+    assert {r["pid"] for r in records if r.get("msg") == gone} == workers
+    assert {r["pid"] for r in records if r.get("msg") == "api stopped"} == workers  # gracefully
 
 
 def test_with_a_spool_a_worker_killed_during_an_outage_loses_nothing(

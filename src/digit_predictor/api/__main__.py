@@ -15,7 +15,7 @@ from typing import Any
 
 import uvicorn
 
-from digit_predictor.api.sockets import run_workers
+from digit_predictor.api.workers import run_workers
 from digit_predictor.config import get_settings
 from digit_predictor.cpus import usable_cpus
 

@@ -119,7 +119,7 @@ class ApiServer:
 
     def wait_listening(self, workers: int, timeout_s: float = 60.0) -> None:
         """Ready means one worker answers; each worker listens on its own socket once its model
-        is loaded (api/sockets.py). Wait for all, or the first would take every connection."""
+        is loaded (api/workers.py). Wait for all, or the first would take every connection."""
         wait_for(lambda: listening_sockets(self.port) >= workers, timeout_s)
 
     def stop(self, timeout_s: float = 20.0) -> int:
