@@ -8,7 +8,8 @@ The process starts in an empty working directory (so no developer `.env` leaks i
 settings given in `env` on top of the parent's environment minus every app setting. Its stdout and
 stderr (JSON log lines) go to a file: `api.logs()` / `api.log_records()` read them, and a failed
 start raises with the log's tail. `stop()` sends SIGTERM (graceful: the lifespan flushes the write
-queue) and `kill()` SIGKILL, for crash tests.
+queue) and `kill()` SIGKILL, for crash tests: with one worker that is the worker itself; with
+several, only their supervisor, and the workers then stop gracefully (api/workers.py).
 """
 
 from __future__ import annotations
