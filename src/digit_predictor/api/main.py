@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI, Security
 
-from digit_predictor.api import errors
+from digit_predictor.api import errors, workers
 from digit_predictor.api.champion import ChampionWatcher
 from digit_predictor.api.compute import Compute
 from digit_predictor.api.deps import Services
@@ -28,6 +28,7 @@ from digit_predictor.api.predictor import Predictor
 from digit_predictor.api.routes import explanations, health, models, predictions, previews, stats
 from digit_predictor.api.security import require_api_key
 from digit_predictor.api.shutdown import Drain, delay_sigterm
+from digit_predictor.api.workers import ConnectionBalanceMiddleware
 from digit_predictor.api.writer import PredictionStore
 from digit_predictor.config import Settings, get_settings
 from digit_predictor.db import Database, DatabaseUnavailable
@@ -203,5 +204,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
         read_timeout_s=settings.request_timeout_s,
     )
+    balance = workers.connection_balance()  # several workers: keep their connections even
+    if balance is not None:
+        app.add_middleware(ConnectionBalanceMiddleware, balance=balance)
     app.add_middleware(RequestLogMiddleware, metrics=metrics)
     return app
