@@ -137,11 +137,14 @@ class ConnectionShares:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process took the pid
+    except (ProcessLookupError, PermissionError):  # gone (or the pid is someone else's now)
         return False
     return True
+
+
+def _fair_share(mine: int, others: list[int]) -> int:
+    """Each worker's share of all the connections, rounded up."""
+    return -(-(mine + sum(others)) // (1 + len(others)))
 
 
 class ConnectionBalance:
@@ -158,18 +161,14 @@ class ConnectionBalance:
         mine = self._count()
         self._shares.publish(mine)
         others = self._shares.others()
-        if not others:
-            return False
-        total = mine + sum(n for _, n in others)
-        workers = 1 + len(others)
-        if mine <= -(-total // workers):  # within its share, rounded up
+        if not others or mine <= _fair_share(mine, [n for _, n in others]):
             return False
         now = time.monotonic()
         if now - self._last_shed < self.SHED_EVERY_S:
             return False
-        # A worker that died (and is being replaced) still has its last count: leave it out.
+        # A worker that died keeps its last count until its replacement takes the slot.
         alive = [n for pid, n in others if _alive(pid)]
-        if not alive or mine <= -(-(mine + sum(alive)) // (1 + len(alive))):
+        if not alive or mine <= _fair_share(mine, alive):
             return False
         self._last_shed = now
         return True
