@@ -186,7 +186,7 @@ def test_connections_opened_at_once_end_up_even_over_the_workers(
                     response.read()
                     assert response.status == 200
                     closed += response.getheader("connection", "").lower() == "close"
-                    request_ids.append(response.getheader("X-Request-ID"))
+                    request_ids.append(str(response.getheader("X-Request-ID")))
                 rounds.append(request_ids)
             for connection in connections:
                 connection.close()
