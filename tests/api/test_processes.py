@@ -23,7 +23,12 @@ from digit_predictor.api.workers import (
 )
 from digit_predictor.cpus import cgroup_cpu_limit, usable_cpus
 from digit_predictor.db import Database, queries
-from digit_predictor.testing.api_server import app_free_environ, listening_sockets, start_api
+from digit_predictor.testing.api_server import (
+    ApiServer,
+    app_free_environ,
+    listening_sockets,
+    start_api,
+)
 from tests.api import drawings
 from tests.api.test_outage import database_down, post
 from tests.pg import PostgresServer
@@ -165,6 +170,20 @@ def test_a_dead_workers_last_count_is_left_out() -> None:
     assert not balance.should_close()
 
 
+def _workers_that_answered(api: ApiServer, request_ids: list[str]) -> dict[str, int]:
+    """request id -> pid of the worker that answered, from the api's log. A request's line is
+    written as its response goes out, so it may lag the client a little: wait for all."""
+    pid_of: dict[str, int] = {}
+
+    def logged() -> bool:
+        records = api.log_records()
+        pid_of.update((r["request_id"], r["pid"]) for r in records if r.get("msg") == "request")
+        return all(i in pid_of for i in request_ids)
+
+    wait_for(logged, timeout_s=10)
+    return pid_of
+
+
 def test_connections_opened_at_once_end_up_even_over_the_workers(
     database_url: str, model_path: Path
 ) -> None:
@@ -190,9 +209,7 @@ def test_connections_opened_at_once_end_up_even_over_the_workers(
                 rounds.append(request_ids)
             for connection in connections:
                 connection.close()
-            pid_of = {
-                r["request_id"]: r["pid"] for r in api.log_records() if r.get("msg") == "request"
-            }
+            pid_of = _workers_that_answered(api, rounds[0] + rounds[-1])
             first, last = (Counter(pid_of[i] for i in ids) for ids in (rounds[0], rounds[-1]))
             if min(first.values(), default=0) <= 14 or len(first) < 2:
                 break
