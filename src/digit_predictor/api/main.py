@@ -28,7 +28,6 @@ from digit_predictor.api.predictor import Predictor
 from digit_predictor.api.routes import explanations, health, models, predictions, previews, stats
 from digit_predictor.api.security import require_api_key
 from digit_predictor.api.shutdown import Drain, delay_sigterm
-from digit_predictor.api.workers import ConnectionBalanceMiddleware
 from digit_predictor.api.writer import PredictionStore
 from digit_predictor.config import Settings, get_settings
 from digit_predictor.db import Database, DatabaseUnavailable
@@ -206,6 +205,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     balance = workers.connection_balance()  # several workers: keep their connections even
     if balance is not None:
-        app.add_middleware(ConnectionBalanceMiddleware, balance=balance)
+        app.add_middleware(workers.ConnectionBalanceMiddleware, balance=balance)
     app.add_middleware(RequestLogMiddleware, metrics=metrics)
     return app
