@@ -142,9 +142,16 @@ def test_a_port_in_use_stops_the_workers_supervisor_with_a_clear_error(
 
 def _shares_with_another_worker(pid: int, connections: int) -> ConnectionShares:
     shares = ConnectionShares(2)
-    shares.claim()  # slot 0: this process
+    assert shares.claim()  # slot 0: this process
     shares._table[2], shares._table[3] = pid, connections  # slot 1: the other worker
     return shares
+
+
+def test_replacements_get_slots_and_a_worker_without_one_runs_unbalanced() -> None:
+    shares = ConnectionShares(1)
+    assert shares.claim()
+    assert shares.claim()  # a replacement started before the worker it replaces stops
+    assert not shares.claim()  # beyond that: no slot, no balancing, no crash
 
 
 def test_a_worker_over_its_share_of_connections_closes_one_at_a_time() -> None:

@@ -105,12 +105,15 @@ class ConnectionShares:
 
     def __init__(self, workers: int) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self._table: Any = RawArray("q", 2 * workers)
+        # Twice the workers: uvicorn's restart (SIGHUP) starts each replacement before it
+        # retires the worker it replaces.
+        self._table: Any = RawArray("q", 2 * 2 * workers)
         self._lock = ctx.Lock()
         self.slot = -1  # this worker's, once claimed
 
-    def claim(self) -> None:
-        """Take a free slot (or a dead worker's) for this process."""
+    def claim(self) -> bool:
+        """Take a free slot (or a dead worker's) for this process; False if none is left (more
+        workers than foreseen: SIGTTIN adds one), and then this worker does not balance."""
         with self._lock:
             for slot in range(len(self._table) // 2):
                 pid = self._table[2 * slot]
@@ -118,19 +121,20 @@ class ConnectionShares:
                     self._table[2 * slot] = os.getpid()
                     self._table[2 * slot + 1] = 0
                     self.slot = slot
-                    return
-        raise RuntimeError("more workers than connection slots")
+                    return True
+        return False
 
     def publish(self, connections: int) -> None:
         self._table[2 * self.slot + 1] = connections
 
-    def others(self) -> list[tuple[int, int]]:
-        """(pid, connections) of the other workers that have claimed a slot."""
+    def others(self) -> list[int]:
+        """The connections of each other live worker. A worker that died (or was retired by a
+        restart) keeps its last count in its slot: it is left out."""
         table = self._table
         return [
-            (table[2 * slot], table[2 * slot + 1])
+            table[2 * slot + 1]
             for slot in range(len(table) // 2)
-            if slot != self.slot and table[2 * slot]
+            if slot != self.slot and table[2 * slot] and _alive(table[2 * slot])
         ]
 
 
@@ -161,14 +165,10 @@ class ConnectionBalance:
         mine = self._count()
         self._shares.publish(mine)
         others = self._shares.others()
-        if not others or mine <= _fair_share(mine, [n for _, n in others]):
+        if not others or mine <= _fair_share(mine, others):
             return False
         now = time.monotonic()
         if now - self._last_shed < self.SHED_EVERY_S:
-            return False
-        # A worker that died keeps its last count until its replacement takes the slot.
-        alive = [n for pid, n in others if _alive(pid)]
-        if not alive or mine <= _fair_share(mine, alive):
             return False
         self._last_shed = now
         return True
@@ -226,8 +226,7 @@ class OwnSocketProcess(multiprocess.Process):
     def target(self, sockets: list[socket.socket] | None = None) -> None:  # in the worker
         global _balance
         stop_when_parent_dies()
-        if self._shares is not None:
-            self._shares.claim()
+        if self._shares is not None and self._shares.claim():
             connections = self.server.server_state.connections
             _balance = ConnectionBalance(self._shares, lambda: len(connections))
         for inherited in sockets or []:
