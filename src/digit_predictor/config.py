@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     api_workers: int | None = Field(default=None, ge=1, le=64)
+    # With exactly one worker per CPU this process may use, each worker runs on its own CPU
+    # (api/workers.py: cpus_to_pin).
+    api_pin_workers: bool = True
     # Batches per worker that may be decoded, preprocessed and run through the model at once,
     # each in its own thread (api/compute.py).
     api_compute_threads: int = Field(default=1, ge=1, le=64)

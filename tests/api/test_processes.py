@@ -14,11 +14,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+import digit_predictor.api.workers as workers_module
 from digit_predictor.api.workers import (
     STARTUP_FAILURE,
     ConnectionBalance,
     ConnectionShares,
+    CpuPlan,
+    cpus_to_pin,
     hold_port,
+    least_used_cpu,
     reuse_port_socket,
 )
 from digit_predictor.cpus import cgroup_cpu_limit, usable_cpus
@@ -71,6 +75,88 @@ def test_usable_cpus_follows_affinity_and_quota(monkeypatch: pytest.MonkeyPatch)
     assert usable_cpus() == 2
     monkeypatch.setattr(entry, "cgroup_cpu_limit", lambda: 0.25)
     assert usable_cpus() == 1
+
+
+def test_workers_are_pinned_only_when_there_is_one_cpu_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 1})
+    monkeypatch.setattr(workers_module, "usable_cpus", lambda: 2)
+    assert cpus_to_pin(2) == [1, 3]
+    assert cpus_to_pin(3) is None  # more workers than CPUs (API_WORKERS=3)
+    assert cpus_to_pin(1) is None
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert cpus_to_pin(2) is None  # a 2-CPU quota on a 16-CPU host: the CPUs are shared
+    monkeypatch.setattr(workers_module, "usable_cpus", lambda: 16)
+    assert cpus_to_pin(16) == list(range(16))
+
+
+def test_a_new_worker_takes_the_cpu_fewest_live_workers_run_on() -> None:
+    assert least_used_cpu([0, 1], []) == 0
+    assert least_used_cpu([0, 1], [0]) == 1
+    assert least_used_cpu([2, 5], [2]) == 5
+    assert least_used_cpu([0, 1], [1]) == 0  # the worker on CPU 0 died: its replacement
+    # SIGHUP: each replacement starts before the worker it replaces (the oldest) is retired,
+    # and takes that worker's CPU.
+    assert least_used_cpu([0, 1], [0, 1]) == 0
+    assert least_used_cpu([0, 1], [1, 0]) == 1
+    assert least_used_cpu([0, 1], [0, 1, 0]) == 1  # the first retired worker still stopping
+
+
+class _FakeWorker:
+    """What CpuPlan reads of a uvicorn worker: its process's exit code."""
+
+    def __init__(self) -> None:
+        self.process = self
+        self.exitcode: int | None = None
+
+
+def test_a_restart_keeps_one_worker_per_cpu() -> None:
+    plan = CpuPlan([0, 1])
+    a, b = _FakeWorker(), _FakeWorker()
+    assert [plan.assign(a), plan.assign(b)] == [0, 1]  # type: ignore[arg-type]
+    # uvicorn's restart (SIGHUP): a replacement, then the worker it replaces retires.
+    a2 = _FakeWorker()
+    assert plan.assign(a2) == 0  # type: ignore[arg-type]
+    a.exitcode = 0
+    b2 = _FakeWorker()
+    assert plan.assign(b2) == 1  # type: ignore[arg-type]
+    b.exitcode = 0
+    # A worker that crashed is replaced on its own CPU.
+    a2.exitcode = -9
+    assert plan.assign(_FakeWorker()) == 0  # type: ignore[arg-type]
+
+
+def _cpus_of_every_thread(pid: int) -> set[frozenset[int]]:
+    return {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+@pytest.mark.parametrize("pin", [True, False])
+def test_with_one_worker_per_cpu_each_worker_runs_on_its_own(
+    database_url: str, model_path: Path, pin: bool
+) -> None:
+    mine = os.sched_getaffinity(0)
+    two = set(sorted(mine)[:2])
+    os.sched_setaffinity(0, two)  # the api inherits it: two CPUs, two workers, on any machine
+    try:
+        if cpus_to_pin(2) is None:
+            pytest.skip("fewer than two usable CPUs here")
+        env = {**api_env(database_url, model_path), "API_PIN_WORKERS": str(pin).lower()}
+        with api_server(env, workers=2) as api:
+            records = api.log_records()
+            pids = {r["pid"] for r in records if r.get("msg") == "api ready to serve"}
+            assert len(pids) == 2
+            masks = {pid: _cpus_of_every_thread(pid) for pid in pids}
+    finally:
+        os.sched_setaffinity(0, mine)
+    if pin:
+        # Every thread of a worker (event loop, compute, writer, ...) on one CPU; one CPU each.
+        assert all(
+            len(threads) == 1 and len(next(iter(threads))) == 1 for threads in masks.values()
+        ), masks
+        assert set().union(*(next(iter(t)) for t in masks.values())) == two, masks
+    else:
+        assert all(threads == {frozenset(two)} for threads in masks.values()), masks
 
 
 def test_graceful_stop_flushes_every_workers_queue(

@@ -2,7 +2,8 @@
 
 Listens on API_HOST:API_PORT with API_WORKERS processes; by default one per CPU this process
 may use (its CPU affinity and its cgroup's CPU quota, not the host's count: a container limited
-to 2 CPUs on a 64-core host runs 2). Each worker is a whole app: its own model (the ONNX graph,
+to 2 CPUs on a 64-core host runs 2); with one worker per CPU, each on a CPU of its own
+(API_PIN_WORKERS). Each worker is a whole app: its own model (the ONNX graph,
 one intra-op thread; no torch), pool and group-commit writer; on SIGTERM every worker flushes its
 own queue.
 """
@@ -43,7 +44,7 @@ def main() -> None:
         return
     # uvicorn.run's multi-process branch, except that each worker listens on its own socket.
     with contextlib.suppress(KeyboardInterrupt):
-        run_workers(uvicorn.Config(APP, **options))
+        run_workers(uvicorn.Config(APP, **options), pin_cpus=settings.api_pin_workers)
 
 
 if __name__ == "__main__":
